@@ -1,0 +1,52 @@
+"""The `facelab` command line: a thin Typer layer over the library.
+
+Each sub-module registers its commands on `app`; logic lives in the library packages.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from facelab.errors import FacelabError
+
+app = typer.Typer(
+    name="facelab",
+    help=(
+        "Train, evaluate and serve face models: mask/gender/age classifiers, detection, "
+        "embeddings and a face database.\n\n"
+        "Examples:\n\n"
+        "  facelab train --config configs/multitask.yaml --out runs/mt\n\n"
+        "  facelab evaluate runs/mt/best.pt --out runs/mt/eval\n\n"
+        "  facelab predict runs/mt/best.pt --competition data/eval --out submission.csv"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_COMMAND_MODULES = ("attributes", "detect", "db")
+
+
+def _register() -> None:
+    from importlib import import_module
+
+    for name in _COMMAND_MODULES:
+        try:
+            import_module(f"facelab.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command group not written yet
+            if exc.name != f"facelab.cli.{name}":
+                raise
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one clear line and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _register()
+    try:
+        app()
+    except FacelabError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
