@@ -1,1 +1,10 @@
-"""facelab.detect"""
+"""Face detection: several backends behind one interface, and a cropping cascade.
+
+Example:
+    >>> from facelab.detect import get_detector
+    >>> faces = get_detector("mtcnn").detect(image)  # doctest: +SKIP
+"""
+
+from facelab.detect.base import Detector, as_rgb, available_detectors, get_detector, register_detector
+
+__all__ = ["Detector", "as_rgb", "available_detectors", "get_detector", "register_detector"]
