@@ -1,0 +1,175 @@
+"""Face database: storage, migrations, index, enroll/search/verify/delete, ingest."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facelab.facedb.db import FaceDB, FaceDBConfig
+from facelab.facedb.index import IndexConfig, VectorIndex
+from facelab.facedb.ingest import ingest, list_sources
+from facelab.facedb.schema import SCHEMA_VERSION
+from facelab.facedb.store import DatabaseError, SQLiteStore
+
+
+def _person(seed: int, variant: int = 0, size: int = 48) -> np.ndarray:
+    """A synthetic 'person': a fixed random pattern, plus small noise per photo."""
+    base = np.random.default_rng(seed).integers(0, 255, (8, 8, 3)).astype(np.float32)
+    img = np.kron(base, np.ones((size // 8, size // 8, 1)))
+    noise = np.random.default_rng(1000 * seed + variant).normal(0, 6, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def _write(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _db(tmp_path: Path, kind: str = "flat", phash: int = -1) -> FaceDB:
+    cfg = FaceDBConfig(embedder="pixels", detector="whole", index=IndexConfig(kind=kind),
+                       phash_distance=phash)
+    return FaceDB.init(tmp_path / "faces.db", cfg)
+
+
+def test_schema_version_and_wal(tmp_path):
+    store = SQLiteStore(tmp_path / "a.db")
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.execute("PRAGMA journal_mode")[0][0] == "wal"
+    store.close()
+
+
+def test_migration_from_v1(tmp_path):
+    """A v1 database (no ingest journal) is upgraded in place, keeping its rows."""
+    from facelab.facedb.schema import MIGRATIONS, dialect
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for stmt in MIGRATIONS[0]:
+        conn.execute(dialect(stmt, "sqlite"))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO identities (name, created_at) VALUES ('old', 'x')")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.identity_id("old") is not None
+    assert store.execute("SELECT COUNT(*) FROM ingest_log")[0][0] == 0
+
+
+def test_newer_schema_refused(tmp_path):
+    path = tmp_path / "new.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseError, match="newer"):
+        SQLiteStore(path)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_index_search_save_load(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    ids = np.arange(100, 600)
+    idx = VectorIndex(16, "l2", IndexConfig(kind=kind, nprobe=64))
+    idx.build(ids, x)
+    d, found = idx.search(x[:20], k=3)
+    assert (found[:, 0] == ids[:20]).mean() >= 0.95
+    assert np.allclose(d[:, 0][found[:, 0] == ids[:20]], 0, atol=1e-3)
+    idx.save(tmp_path / "i.faiss")
+    idx2, meta = VectorIndex.load(tmp_path / "i.faiss")
+    assert meta["count"] == 500
+    assert (idx2.search(x[:20], 3)[1] == found).all()
+
+
+def test_enroll_search_verify_delete(tmp_path):
+    db = _db(tmp_path)
+    files = {name: [_write(tmp_path / "in" / f"{name}{v}.png", _person(s, v)) for v in range(3)]
+             for s, name in enumerate(["ada", "bob", "cy"])}
+    for name, paths in files.items():
+        res = db.enroll(name, paths)
+        assert [r.status for r in res] == ["added"] * 3
+    probe = _write(tmp_path / "probe.png", _person(1, 99))
+    top = db.search(probe, k=3)[0]
+    assert top[0]["identity"] == "bob"
+    assert top[0]["distance"] <= top[1]["distance"]
+    assert db.verify(probe, "bob")["same"]
+    assert not db.verify(probe, "ada")["same"]
+    # re-adding the same bytes is a duplicate, not a second image
+    assert db.add_image(files["ada"][0]).status == "duplicate"
+    stats = db.stats()
+    assert stats["images"] == 9 and stats["embeddings"] == 9 and stats["index"]["vectors"] == 9
+
+    crops = [Path(r[0]) for r in db.store.execute(
+        "SELECT crop_path FROM faces f JOIN identities i ON i.id=f.identity_id WHERE i.name='bob'")]
+    copies = [Path(r[0]) for r in db.store.execute(
+        "SELECT im.path FROM images im JOIN faces f ON f.image_id=im.id JOIN identities i "
+        "ON i.id=f.identity_id WHERE i.name='bob'")]
+    assert all(p.is_file() for p in crops + copies)
+    removed = db.delete_identity("bob")
+    assert removed["embedding_ids"] == 3
+    assert not any(p.exists() for p in crops + copies)
+    assert db.store.identity_id("bob") is None
+    assert db.index.ntotal == 6
+    assert all(m["identity"] != "bob" for m in db.search(probe, k=6)[0])
+    db.close()
+    # reopening uses the saved index, which matches the database
+    db2 = FaceDB(tmp_path / "faces.db")
+    assert db2.index.ntotal == 6
+    assert db2.stats()["identities"] == 2
+
+
+def test_delete_with_hnsw_rebuilds(tmp_path):
+    db = _db(tmp_path, kind="hnsw")
+    for s, name in enumerate(["ada", "bob"]):
+        db.enroll(name, [_write(tmp_path / f"{name}{v}.png", _person(s, v)) for v in range(2)])
+    db.delete_identity("ada")
+    assert db.index.ntotal == 2
+    assert {m["identity"] for m in db.search(_person(0, 7), k=5)[0]} == {"bob"}
+
+
+def test_stale_index_is_rebuilt(tmp_path):
+    db = _db(tmp_path)
+    db.enroll("ada", [_write(tmp_path / "a.png", _person(0))])
+    db.close()
+    db = FaceDB(tmp_path / "faces.db")
+    db.enroll("bob", [_write(tmp_path / "b.png", _person(1))])  # index not flushed yet ...
+    db.store.close()                                           # ... as if the process died
+    db = FaceDB(tmp_path / "faces.db")
+    assert db.index.ntotal == 2
+
+
+def test_near_duplicate_by_phash(tmp_path):
+    db = _db(tmp_path, phash=6)
+    a = _write(tmp_path / "a.png", _person(3, 0, size=64))
+    b = _write(tmp_path / "b.png", _person(3, 1, size=64))  # same pattern, new noise
+    c = _write(tmp_path / "c.png", _person(4, 0, size=64))
+    assert db.add_image(a).status == "added"
+    assert db.add_image(b).status == "near-duplicate"
+    assert db.add_image(c).status == "added"
+
+
+def test_ingest_folder_and_csv(tmp_path):
+    db = _db(tmp_path)
+    for s, name in enumerate(["ada", "bob"]):
+        for v in range(2):
+            _write(tmp_path / "people" / name / f"{v}.png", _person(s, v))
+    (tmp_path / "people" / "bob" / "broken.jpg").write_bytes(b"not an image")
+    rep = ingest(db, list_sources(tmp_path / "people", identity_from="folder"), progress=False)
+    assert rep.counts["added"] == 4 and rep.counts["failed"] == 1
+    assert db.store.identity_id("ada") is not None
+    rep2 = ingest(db, list_sources(tmp_path / "people", identity_from="folder"), progress=False)
+    assert rep2.counts["already-done"] == 5 and rep2.counts["added"] == 0
+    csv = tmp_path / "list.csv"
+    _write(tmp_path / "x.png", _person(9))
+    csv.write_text("path,identity,source,license\nx.png,zed,http://example.org/x.png,CC0\n")
+    rep3 = ingest(db, list_sources(csv), progress=False)
+    assert rep3.counts["added"] == 1
+    row = db.store.execute("SELECT source, license FROM images WHERE source LIKE 'http%'")
+    assert row == [("http://example.org/x.png", "CC0")]
