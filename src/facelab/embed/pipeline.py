@@ -66,8 +66,11 @@ class PipelineConfig:
         detector: detector name ("mtcnn", "dlib-hog", "whole", ...).
         fallback: "whole" to keep images where nothing is found, or "skip".
         whole_margin: margin used for the "whole" detector and the fallback box.
-        largest_only: keep only the largest face per image (enrollment photos, pairs).
+        largest_only: keep only the main face per image (enrollment photos, pairs).
         min_score: drop detections below this score.
+        select: how faces are ordered (the first is "the main face"): "largest" by box area,
+            or "central": area discounted by distance from the image centre (LFW-style photos
+            where the subject is centred and bystanders may be larger).
     """
 
     detector: str = "mtcnn"
@@ -75,6 +78,7 @@ class PipelineConfig:
     whole_margin: float = 0.0
     largest_only: bool = False
     min_score: float = 0.0
+    select: str = "largest"
 
 
 class FacePipeline:
@@ -102,12 +106,21 @@ class FacePipeline:
     def faces(self, image: np.ndarray) -> list[Face]:
         """Detected faces (largest first), with the configured fallback."""
         found = [f for f in self.detector.detect(image) if f.score >= self.config.min_score]
-        found.sort(key=lambda f: f.width * f.height, reverse=True)
+        found.sort(key=lambda f: self._rank(f, image.shape), reverse=True)
         if not found and self.config.fallback == "whole":
             face = WholeImageDetector(self.config.whole_margin).detect(image)[0]
             face.stage = "fallback:whole"
             found = [face]
         return found[:1] if self.config.largest_only else found
+
+    def _rank(self, face: Face, shape: tuple) -> float:
+        area = face.width * face.height
+        if self.config.select != "central":
+            return area
+        h, w = shape[:2]
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
+        return area * float(np.exp(-((off / 0.15) ** 2)))
 
     def run(self, image: np.ndarray) -> tuple[list[Face], np.ndarray]:
         """(faces, (len(faces), dim) vectors) for one RGB image."""

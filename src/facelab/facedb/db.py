@@ -91,7 +91,7 @@ class FaceDB:
     """
 
     def __init__(self, path: str | Path, store: FaceStore | None = None) -> None:
-        self.path = Path(path)
+        self.path = Path(path) if "://" in str(path) else Path(path).resolve()
         self.store = store or self._open_store(self.path)
         rows = self.store.execute("SELECT value FROM meta WHERE key = 'config'")
         if not rows:
@@ -362,13 +362,14 @@ class FaceDB:
     # -- erasing -------------------------------------------------------------------------------
     def delete_identity(self, name: str) -> dict[str, int]:
         """Erase a person: faces, embeddings, index entries, crops and managed image copies."""
+        index = self.index  # load it while it still matches the database
         removed = self.store.delete_identity(name)
         for p in removed["crop_paths"] + removed["image_paths"]:
             fp = Path(p)
             if self._managed(fp):
                 fp.unlink(missing_ok=True)
         if removed["embedding_ids"]:
-            if not self.index.remove(removed["embedding_ids"]):
+            if not index.remove(removed["embedding_ids"]):
                 self.rebuild_index()
             self._dirty = True
             self.flush()

@@ -1,0 +1,217 @@
+"""`facelab db ...` (the face database) and `facelab verify-eval` commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facelab.cli import app
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX2 probe is noise
+
+db_app = typer.Typer(
+    help=(
+        "The face database: collect, enroll, search, verify and erase faces.\n\n"
+        "Example:\n\n  facelab db init faces.db --detector mtcnn\n\n"
+        "  facelab db ingest faces.db people/ --identity-from folder\n\n"
+        "  facelab db search faces.db probe.jpg -k 5"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+DB_ARG = typer.Argument(..., help="Database file (SQLite) or postgresql:// URL.")
+
+
+def _open(db: str):
+    from facelab.facedb.db import FaceDB
+
+    return FaceDB(db)
+
+
+def _json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@db_app.command("init")
+def init(
+    db: str = DB_ARG,
+    embedder: str = typer.Option("dlib-resnet", help="Embedding model (dlib-resnet, dlib-resnet-upper, pixels, mobilefacenet)."),
+    detector: str = typer.Option("mtcnn", help="Face detector (mtcnn, dlib-hog, dlib-cnn, haar, whole)."),
+    index: str = typer.Option("flat", help="Vector index: flat (exact), hnsw or ivf (approximate)."),
+    copy_images: bool = typer.Option(True, help="Keep a managed copy of each image (erased by delete)."),
+    phash_distance: int = typer.Option(4, help="Perceptual-hash near-duplicate distance (-1 = off)."),
+    embedding_distance: float = typer.Option(0.0, help="Same-identity embedding near-duplicate distance (0 = off)."),
+) -> None:
+    """Create a face database.
+
+    Example: facelab db init faces.db --detector mtcnn --index hnsw
+    """
+    from facelab.facedb.db import FaceDB, FaceDBConfig
+    from facelab.facedb.index import IndexConfig
+
+    cfg = FaceDBConfig(embedder=embedder, detector=detector, index=IndexConfig(kind=index),
+                       copy_images=copy_images, phash_distance=phash_distance,
+                       embedding_distance=embedding_distance)
+    with FaceDB.init(db, cfg) as fdb:
+        _json(fdb.store.stats())
+
+
+@db_app.command("ingest")
+def ingest_cmd(
+    db: str = DB_ARG,
+    target: Path = typer.Argument(..., help="Folder of images, or CSV with path[,identity,source,license]."),
+    identity_from: str = typer.Option("none", help="'folder': identity = parent folder name."),
+    identity: Optional[str] = typer.Option(None, help="Give every image this identity."),
+    retry_failed: bool = typer.Option(False, help="Retry files that failed in an earlier run."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Add a folder or CSV of images (resumable: rerun after a crash to finish).
+
+    Example: facelab db ingest faces.db people/ --identity-from folder
+    """
+    from facelab.facedb.ingest import ingest, list_sources
+
+    with _open(db) as fdb:
+        rep = ingest(fdb, list_sources(target, identity_from, identity), retry_failed, progress)
+    typer.echo(rep.summary())
+    for path, err in rep.failed:
+        typer.echo(f"failed\t{path}\t{err}", err=True)
+
+
+@db_app.command("enroll")
+def enroll(
+    db: str = DB_ARG,
+    name: str = typer.Argument(..., help="Identity name."),
+    images: list[Path] = typer.Argument(..., help="Photos of this person (largest face used)."),
+) -> None:
+    """Enroll one person from a few photos.
+
+    Example: facelab db enroll faces.db ada ada1.jpg ada2.jpg
+    """
+    with _open(db) as fdb:
+        for path, res in zip(images, fdb.enroll(name, images)):
+            typer.echo(f"{path}\t{res.status}\t{res.faces}")
+
+
+@db_app.command("search")
+def search(
+    db: str = DB_ARG,
+    image: Path = typer.Argument(..., help="Query photo (largest face used)."),
+    k: int = typer.Option(5, "-k", help="Number of neighbours."),
+) -> None:
+    """1:N search: print the k nearest stored faces as CSV (rank,identity,distance,match,path).
+
+    Example: facelab db search faces.db probe.jpg -k 3
+    """
+    with _open(db) as fdb:
+        typer.echo("rank,identity,distance,match,path")
+        for r, m in enumerate(fdb.search(image, k)[0], 1):
+            typer.echo(f"{r},{m.get('identity') or ''},{m['distance']:.4f},{int(m['match'])},{m.get('path')}")
+
+
+@db_app.command("verify")
+def verify(
+    db: str = DB_ARG,
+    a: Path = typer.Argument(..., help="First photo."),
+    b: str = typer.Argument(..., help="Second photo, or an enrolled identity name."),
+) -> None:
+    """1:1 verify: same person? Uses the calibrated (or model default) threshold.
+
+    Example: facelab db verify faces.db probe.jpg ada
+    """
+    with _open(db) as fdb:
+        bb = b if fdb.store.identity_id(b) is not None else Path(b)
+        _json(fdb.verify(a, bb))
+
+
+@db_app.command("calibrate")
+def calibrate(
+    db: str = DB_ARG,
+    pairs: Path = typer.Argument(..., help="Pairs CSV (image_a,image_b,same) to choose the threshold on."),
+) -> None:
+    """Choose and store the verify threshold from labelled pairs (never from your test pairs).
+
+    Example: facelab db calibrate faces.db dev_pairs.csv
+    """
+    from facelab.evaluate.verification import run_verify_eval
+
+    with _open(db) as fdb:
+        pipe = fdb.pipeline
+        pipe.config.largest_only = True
+        rep = run_verify_eval(pairs, pipe, progress=False)
+        fdb.store.set_threshold(pipe.embedder.name, pipe.embedder.version, pipe.embedder.metric,
+                                rep.threshold, str(pairs))
+        typer.echo(f"threshold={rep.threshold:.4f} ({rep.summary()})")
+
+
+@db_app.command("stats")
+def stats(db: str = DB_ARG) -> None:
+    """Counts of identities, images, faces, embeddings; index and model.
+
+    Example: facelab db stats faces.db
+    """
+    with _open(db) as fdb:
+        _json(fdb.stats())
+
+
+@db_app.command("delete")
+def delete(
+    db: str = DB_ARG,
+    name: str = typer.Argument(..., help="Identity to erase."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Erase an identity: images, crops, embeddings and index entries.
+
+    Example: facelab db delete faces.db ada --yes
+    """
+    if not yes:
+        typer.confirm(f"Erase every face and image of {name!r}?", abort=True)
+    with _open(db) as fdb:
+        _json(fdb.delete_identity(name))
+
+
+@db_app.command("rebuild-index")
+def rebuild_index(db: str = DB_ARG) -> None:
+    """Rebuild the vector index from the stored embeddings.
+
+    Example: facelab db rebuild-index faces.db
+    """
+    with _open(db) as fdb:
+        typer.echo(f"vectors={fdb.rebuild_index().ntotal}")
+
+
+@app.command("verify-eval")
+def verify_eval(
+    pairs: Path = typer.Argument(..., help="Pairs CSV: image_a,image_b,same[,fold]."),
+    out: Optional[Path] = typer.Option(None, help="Folder for report.json, scores.csv, roc.png."),
+    detector: str = typer.Option("mtcnn", help="Face detector (or 'whole' for face crops)."),
+    embedder: str = typer.Option("dlib-resnet", help="Embedding model."),
+    flip: bool = typer.Option(True, help="dlib: average with the mirrored chip."),
+    occlude_below: Optional[float] = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
+    root: Optional[Path] = typer.Option(None, help="Folder image paths are relative to (default: the CSV's)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N pairs (quick check)."),
+) -> None:
+    """Verification figures on a pairs CSV: accuracy (leave-one-fold-out threshold), ROC AUC,
+    TAR@FAR 1% / 0.1%, ROC plot.
+
+    Example: facelab verify-eval ../shared/data/lfw/pairs.csv --out runs/lfw
+    """
+    from facelab.embed.base import get_embedder
+    from facelab.embed.pipeline import FacePipeline, PipelineConfig
+    from facelab.evaluate.verification import run_verify_eval
+
+    opts = {}
+    if embedder.startswith("dlib-resnet"):
+        opts = {"flip": flip}
+        if occlude_below is not None:
+            opts["occlude_below"] = occlude_below
+    pipe = FacePipeline(PipelineConfig(detector=detector, largest_only=True), get_embedder(embedder, **opts))
+    rep = run_verify_eval(pairs, pipe, out=out, root=root, limit=limit)
+    typer.echo(rep.summary())
+    typer.echo(json.dumps({"images_per_s": round(rep.extra["images_per_s"], 1),
+                           "stages": rep.extra["stages"], "failed": len(rep.failed_images)}))
