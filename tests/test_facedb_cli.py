@@ -59,6 +59,6 @@ def test_db_cli_unknown_identity_is_a_clear_error(tmp_path):
 
 def test_every_db_command_has_an_example():
     for cmd in ["init", "ingest", "enroll", "search", "verify", "calibrate", "stats", "delete",
-                "rebuild-index"]:
+                "rebuild-index", "download", "crawl", "frames"]:
         assert "Example" in _ok(["db", cmd, "--help"]), cmd
     assert "Example" in _ok(["verify-eval", "--help"])

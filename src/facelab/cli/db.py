@@ -215,3 +215,56 @@ def verify_eval(
     typer.echo(rep.summary())
     typer.echo(json.dumps({"images_per_s": round(rep.extra["images_per_s"], 1),
                            "stages": rep.extra["stages"], "failed": len(rep.failed_images)}))
+
+
+@db_app.command("download")
+def download(
+    urls: Path = typer.Argument(..., help="Text file with one image URL per line."),
+    folder: Path = typer.Argument(..., help="Folder to download into (resumable journal inside)."),
+    workers: int = typer.Option(8, help="Concurrent downloads."),
+    max_mb: float = typer.Option(20.0, help="Largest accepted file in MB."),
+    retries: int = typer.Option(2, help="Retries after timeouts / 5xx."),
+    allow_private: bool = typer.Option(False, help="Allow private/loopback addresses."),
+) -> None:
+    """Download a URL list (concurrent, resumable, size/type limits, no private addresses).
+
+    Example: facelab db download urls.txt raw/ && facelab db ingest faces.db raw/
+    """
+    from facelab.collect.download import DownloadConfig, download_urls
+
+    cfg = DownloadConfig(workers=workers, max_bytes=int(max_mb * 1024 * 1024), retries=retries,
+                         allow_private=allow_private)
+    rep = download_urls(urls.read_text().split(), folder, cfg)
+    typer.echo(rep.summary())
+
+
+@db_app.command("crawl")
+def crawl_cmd(
+    keyword: str = typer.Argument(..., help="Search keyword (or a URL-list file with --engine urllist)."),
+    folder: Path = typer.Argument(..., help="Images go to FOLDER/<keyword-slug>/."),
+    engine: str = typer.Option("bing", help="bing, google, baidu, flickr or urllist."),
+    max_num: int = typer.Option(100, help="Maximum images."),
+) -> None:
+    """Collect images from an image search engine through icrawler.
+
+    Example: facelab db crawl "ada lovelace portrait" raw/ --max-num 50
+    """
+    from facelab.collect.crawl import crawl
+
+    typer.echo(str(crawl(keyword, folder, engine=engine, max_num=max_num)))
+
+
+@db_app.command("frames")
+def frames(
+    video: Path = typer.Argument(..., help="Video file."),
+    folder: Path = typer.Argument(..., help="Where the JPEG frames go."),
+    every: float = typer.Option(1.0, help="Seconds between sampled frames."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames."),
+) -> None:
+    """Sample video frames (PyAV) as JPEGs, ready to ingest.
+
+    Example: facelab db frames clip.mp4 frames/ --every 0.5
+    """
+    from facelab.collect.video import save_frames
+
+    typer.echo(f"frames={len(save_frames(video, folder, every, max_frames))}")

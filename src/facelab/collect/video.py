@@ -1,0 +1,60 @@
+"""Sample frames from videos with PyAV (one frame every ``every`` seconds)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from facelab.errors import ConfigError, ImageDecodeError
+
+
+def sample_frames(
+    path: str | Path, every: float = 1.0, max_frames: int | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (time in s, RGB uint8 frame) for the first frame at or after each multiple of ``every``.
+
+    Example:
+        >>> [t for t, _ in sample_frames("clip.mp4", every=0.5)][:3]   # doctest: +SKIP
+        [0.0, 0.5, 1.0]
+    """
+    import av
+
+    if every <= 0:
+        raise ConfigError("every must be a positive number of seconds")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise ImageDecodeError(f"cannot open video {path}: {exc}") from exc
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        next_t, count = 0.0, 0
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else count * every
+                if t + 1e-6 < next_t:
+                    continue
+                yield t, frame.to_ndarray(format="rgb24")
+                count += 1
+                next_t = (np.floor(t / every + 1e-6) + 1) * every
+                if max_frames is not None and count >= max_frames:
+                    return
+        except av.FFmpegError as exc:
+            raise ImageDecodeError(f"video {path} is corrupt after {count} frames: {exc}") from exc
+
+
+def save_frames(path: str | Path, folder: str | Path, every: float = 1.0,
+                max_frames: int | None = None) -> list[Path]:
+    """Write sampled frames as JPEGs named ``<video stem>_<ms>.jpg``; returns their paths."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for t, rgb in sample_frames(path, every, max_frames):
+        dest = folder / f"{Path(path).stem}_{int(round(t * 1000)):08d}.jpg"
+        Image.fromarray(rgb).save(dest, quality=92)
+        out.append(dest)
+    return out
