@@ -272,4 +272,7 @@ def run_verify_eval(
     }
     if out is not None:
         write_report(report, dist, df, Path(out))
+        keys = sorted(vecs)
+        np.savez_compressed(Path(out) / "embeddings.npz", paths=np.array(keys),
+                            vectors=np.stack([vecs[k] for k in keys]) if keys else np.zeros((0, 0)))
     return report

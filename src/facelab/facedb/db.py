@@ -90,9 +90,17 @@ class FaceDB:
         >>> db.delete_identity("ada")
     """
 
-    def __init__(self, path: str | Path, store: FaceStore | None = None) -> None:
-        self.path = Path(path) if "://" in str(path) else Path(path).resolve()
-        self.store = store or self._open_store(self.path)
+    def __init__(self, path: str | Path, store: FaceStore | None = None,
+                 files_dir: str | Path | None = None) -> None:
+        self.url = str(path) if "://" in str(path) else None
+        if self.url:  # PostgreSQL: files and index live in a local folder named after the DB
+            from urllib.parse import urlparse
+
+            name = (urlparse(self.url).path.strip("/") or "facedb").replace("/", "_")
+            self.path = Path(files_dir or Path.cwd()).resolve() / f"pg-{name}.db"
+        else:
+            self.path = Path(path).resolve()
+        self.store = store or self._open_store(self.url or self.path)
         rows = self.store.execute("SELECT value FROM meta WHERE key = 'config'")
         if not rows:
             raise DatabaseError(f"{self.path} is not an initialised face database; run `facelab db init`")
@@ -103,18 +111,20 @@ class FaceDB:
         self._dirty = False
 
     @staticmethod
-    def _open_store(path: Path) -> FaceStore:
+    def _open_store(path: str | Path) -> FaceStore:
         if str(path).startswith(("postgresql://", "postgres://")):
             from facelab.facedb.postgres import PostgresStore
 
             return PostgresStore(str(path))
+        if "://" in str(path):
+            raise ConfigError(f"unsupported database URL {path}; use a file path or postgresql://")
         return SQLiteStore(path)
 
     @classmethod
-    def init(cls, path: str | Path, config: FaceDBConfig | None = None, exist_ok: bool = True) -> FaceDB:
+    def init(cls, path: str | Path, config: FaceDBConfig | None = None, exist_ok: bool = True,
+             files_dir: str | Path | None = None) -> FaceDB:
         """Create (or reopen, when ``exist_ok``) a database with this configuration."""
-        path_s = str(path)
-        store = cls._open_store(Path(path_s)) if "://" not in path_s else cls._open_store(path_s)  # type: ignore[arg-type]
+        store = cls._open_store(path)
         rows = store.execute("SELECT value FROM meta WHERE key = 'config'")
         if rows and not exist_ok:
             raise DatabaseError(f"{path} already exists; open it or pass exist_ok")
@@ -126,7 +136,7 @@ class FaceDB:
                 raise ConfigError(f"unknown embedder {cfg.embedder!r}; choose one of {list_embedders()}")
             with store.transaction():
                 store._set_meta("config", json.dumps(asdict(cfg)))
-        return cls(path, store)
+        return cls(path, store, files_dir)
 
     # -- models ----------------------------------------------------------------------------
     @property

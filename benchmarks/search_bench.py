@@ -1,0 +1,158 @@
+"""Search benchmark: FAISS exact / HNSW / IVF vs brute-force NumPy on 1M 128-d vectors.
+
+Two query sets:
+  random  1,000 vectors from the same distribution as the 1M random gallery;
+  lfw     real LFW dlib embeddings: for each person with >= 2 images the first image is
+          enrolled into the gallery (beside the 1M random distractors, drawn from a Gaussian
+          fitted to the LFW embeddings so they sit in the same region), the others query.
+Figures: index build time, p50/p95 single-query latency (one thread, batch size 1),
+recall@1 against exact search, and for lfw the rank-1 identification rate.
+
+Usage (embeddings from `facelab verify-eval ../shared/data/lfw/pairs.csv --out runs/lfw`):
+    OMP_NUM_THREADS=1 python benchmarks/search_bench.py --n 1000000 --lfw runs/lfw/embeddings.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def latencies(fn, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, times = [], []
+    for q in queries:
+        t = time.perf_counter()
+        ids.append(fn(q[None]))
+        times.append(time.perf_counter() - t)
+    return np.array(ids), np.array(times) * 1000
+
+
+def numpy_search(gallery: np.ndarray, norms: np.ndarray):
+    def fn(q: np.ndarray) -> int:
+        d = norms - 2.0 * (gallery @ q[0])
+        return int(np.argmin(d))
+
+    return fn
+
+
+def faiss_search(index):
+    def fn(q: np.ndarray) -> int:
+        return int(index.search(q, 1)[1][0, 0])
+
+    return fn
+
+
+def build_indexes(x: np.ndarray, args) -> list[tuple[str, object, float]]:
+    import faiss
+
+    out = []
+    t = time.perf_counter()
+    flat = faiss.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    out.append(("faiss-flat (exact)", flat, time.perf_counter() - t))
+    t = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(x.shape[1], args.hnsw_m)
+    hnsw.hnsw.efConstruction = args.ef_construction
+    hnsw.add(x)
+    build = time.perf_counter() - t
+    for ef in args.ef_search:
+        out.append((f"faiss-hnsw M{args.hnsw_m} ef{ef}", ("hnsw", hnsw, ef), build))
+    t = time.perf_counter()
+    nlist = args.nlist
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
+    ivf.train(x[np.random.default_rng(1).choice(len(x), min(len(x), 64 * nlist), replace=False)])
+    ivf.add(x)
+    build = time.perf_counter() - t
+    for nprobe in args.nprobe:
+        out.append((f"faiss-ivf{nlist} nprobe{nprobe}", ("ivf", ivf, nprobe), build))
+    return out
+
+
+def run(gallery: np.ndarray, queries: np.ndarray, args, label: str, truth_ids=None) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    norms = np.einsum("ij,ij->i", gallery, gallery)
+    print(f"\n## {label}: gallery {len(gallery):,} x {gallery.shape[1]}, {len(queries)} queries")
+    print(f"{'method':28s} {'build s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'recall@1':>9s}"
+          + (" rank1-id" if truth_ids is not None else ""))
+    nq_np = min(len(queries), args.numpy_queries)
+    exact, t_np = latencies(numpy_search(gallery, norms), queries[:nq_np])
+    exact_all = faiss_search_all(gallery, queries)
+    rows = [("numpy brute force", 0.0, t_np, exact, nq_np)]
+    for name, obj, build in build_indexes(gallery, args):
+        if isinstance(obj, tuple):
+            kind, index, param = obj
+            if kind == "hnsw":
+                index.hnsw.efSearch = param
+            else:
+                index.nprobe = param
+        else:
+            index = obj
+        ids, t = latencies(faiss_search(index), queries)
+        rows.append((name, build, t, ids, len(queries)))
+    for name, build, t, ids, n in rows:
+        recall = float(np.mean(ids == exact_all[:n]))
+        line = f"{name:28s} {build:8.1f} {np.percentile(t, 50):8.2f} {np.percentile(t, 95):8.2f} {recall:9.4f}"
+        if truth_ids is not None:
+            line += f" {np.mean(ids == truth_ids[:n]):8.4f}"
+        print(line, flush=True)
+
+
+def faiss_search_all(gallery: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    import faiss
+
+    flat = faiss.IndexFlatL2(gallery.shape[1])
+    flat.add(gallery)
+    return flat.search(queries, 1)[1][:, 0]
+
+
+def lfw_sets(npz: Path, n_random: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data = np.load(npz)
+    paths, vecs = data["paths"], data["vectors"].astype(np.float32)
+    person = np.array([Path(str(p)).parent.name for p in paths])
+    gal_idx, q_idx, q_truth = [], [], []
+    for name in np.unique(person):
+        idx = np.flatnonzero(person == name)
+        if len(idx) < 2:
+            continue
+        gal_idx.append(idx[0])
+        q_idx += list(idx[1:])
+        q_truth += [len(gal_idx) - 1] * (len(idx) - 1)
+    mean, cov = vecs.mean(0), np.cov(vecs, rowvar=False)
+    noise = rng.multivariate_normal(mean, cov, size=n_random).astype(np.float32)
+    gallery = np.concatenate([vecs[gal_idx], noise])
+    return gallery, vecs[q_idx], np.array(q_truth)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--numpy-queries", type=int, default=200)
+    ap.add_argument("--lfw", type=Path, default=None, help="embeddings.npz from verify-eval --out")
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--nlist", type=int, default=4096)
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-random", action="store_true")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    if not args.skip_random:
+        gallery = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+        queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+        run(gallery, queries, args, "random N(0, I) vectors")
+        del gallery
+    if args.lfw:
+        gallery, queries, truth = lfw_sets(args.lfw, args.n, rng)
+        run(gallery, queries, args, "LFW dlib embeddings + random distractors", truth)
+
+
+if __name__ == "__main__":
+    main()
