@@ -1,0 +1,97 @@
+"""`facelab train | evaluate | predict`: the attribute classifier commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from facelab.cli import app
+
+console = Console(stderr=True)
+
+
+@app.command("train")
+def train_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults if omitted)."),
+    out: Path = typer.Option(Path("runs/attributes"), "--out", "-o", help="Run folder."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. --set optim.lr=0.0005"),
+    resume: bool = typer.Option(True, help="Continue from OUT/last.pt when it exists."),
+) -> None:
+    """Train a mask / gender / age classifier; checkpoints, logs and config go to OUT.
+
+    Example:
+
+        facelab train -c configs/multitask.yaml -o runs/mt --set epochs=3 --set data.image_size=112
+    """
+    from facelab.train.config import load_config
+    from facelab.train.trainer import fit
+
+    cfg = load_config(config, set_)
+    result = fit(cfg, out, resume=resume)
+    console.print(f"best epoch {result.best_epoch}, validation score {result.best_val.get('score', 0):.4f}, "
+                  f"{result.train_images_per_s:.1f} train img/s, {result.wall_s:.0f} s")
+    console.print(f"checkpoint: {out / 'best.pt'}  (next: facelab evaluate {out})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    split: str = typer.Option("test", help="Split to evaluate: test (reported), val or train."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default RUN/eval_SPLIT)."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip TTA (default: as trained)."),
+) -> None:
+    """Evaluate on the run's held-out person-level split and write a report with plots.
+
+    Example:
+
+        facelab evaluate runs/mt --split test
+    """
+    from facelab.evaluate.metrics import summary_line
+    from facelab.evaluate.report import evaluate_run
+
+    metrics, path = evaluate_run(run, split, out, tta)
+    typer.echo(summary_line(metrics))
+    if "mask" in metrics:
+        f1 = metrics["mask"]["per_class_f1"]
+        typer.echo(f"mask per-class F1: correct {f1[0]:.3f} incorrect {f1[1]:.3f} none {f1[2]:.3f}")
+    typer.echo(f"report: {path}")
+
+
+@app.command("predict")
+def predict_cmd(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    competition: Optional[Path] = typer.Option(None, help="Competition root holding eval/info.csv + eval/images/."),
+    csv: Optional[Path] = typer.Option(None, help="Labels CSV with an image column."),
+    boxes: Optional[Path] = typer.Option(None, help="Boxes CSV (image,x1,y1,x2,y2)."),
+    folder: Optional[Path] = typer.Option(None, help="Folder of images (recursive)."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Per-task probabilities CSV."),
+    submission: Optional[Path] = typer.Option(None, help="Also write ImageID,ans (default for --competition: submission.csv beside --out)."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip TTA (default: as trained)."),
+) -> None:
+    """Predict mask / gender / age (and the 18-class id) for images.
+
+    Example:
+
+        facelab predict runs/mt --competition data/ --out preds.csv --submission submission.csv
+    """
+    from facelab.predict.predict import input_table, predict_table, write_submission
+
+    table = input_table(competition and str(competition), csv and str(csv), boxes and str(boxes),
+                        folder and str(folder))
+    preds, bad = predict_table(run, table, tta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(out, index=False)
+    if competition and submission is None:
+        submission = out.with_name("submission.csv")
+    if submission:
+        write_submission(preds, submission)
+        typer.echo(f"submission: {submission} ({len(preds)} rows)")
+    typer.echo(f"predictions: {out} ({len(preds)} rows)")
+    if len(bad):
+        bad_path = out.with_name(out.stem + "_unreadable.csv")
+        bad.to_csv(bad_path, index=False)
+        typer.secho(f"{len(bad)} unreadable image(s) skipped (filled with the most frequent class), "
+                    f"listed in {bad_path}", fg=typer.colors.YELLOW, err=True)

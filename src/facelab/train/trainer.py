@@ -1,0 +1,211 @@
+"""The training loop: seeded, resumable, early-stopped on validation macro F1, logged.
+
+Each epoch re-seeds from (seed, epoch), so a run resumed from `last.pt` continues exactly as
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from facelab.data.labels import TASKS
+from facelab.data.prepare import PreparedData, prepare, sample_weights, write_split
+from facelab.evaluate.metrics import all_metrics, summary_line
+from facelab.models.heads import class18_log_probs, task_log_probs
+from facelab.models.model import AttributeModel
+from facelab.predict.inference import predict_pixels
+from facelab.train.augment import augment, to_tensor
+from facelab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from facelab.train.config import TrainConfig
+from facelab.train.losses import MultiTaskLoss, balanced_class_weights
+from facelab.train.optim import create_optimizer, create_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What a finished run reports."""
+
+    out_dir: Path
+    best_epoch: int
+    best_val: dict
+    history: list[dict] = field(default_factory=list)
+    train_images_per_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def prepare_for(cfg: TrainConfig, progress=None) -> PreparedData:
+    d = cfg.data
+    return prepare(d.sources, d.pixel_settings(), d.age_scheme(), d.test_fraction,
+                   d.val_fraction, d.split_seed, progress=progress)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+
+
+class Trainer:
+    """Runs one training configuration into `out_dir` (config.yaml, last.pt, best.pt, logs)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.data = data
+
+    def _seed(self, epoch: int) -> torch.Generator:
+        s = self.cfg.seed * 1009 + epoch
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        return torch.Generator().manual_seed(s)
+
+    def _build(self):
+        cfg = self.cfg
+        self._seed(0)
+        model = AttributeModel(cfg.model.backbone, cfg.model.pretrained, cfg.model.head,
+                               cfg.model.dropout)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        steps = max(1, len(self.data.indices("train")) // cfg.batch_size)
+        opt = create_optimizer(model, cfg.optim)
+        sched = create_scheduler(opt, cfg.optim, steps, cfg.epochs)
+        weights = None
+        if cfg.loss.class_weights == "balanced":
+            idx = self.data.indices("train")
+            weights = balanced_class_weights({t: self.data.targets[t][idx] for t in TASKS})
+        return model, opt, sched, MultiTaskLoss(cfg.loss, weights)
+
+    def _order(self, epoch: int, gen: torch.Generator) -> np.ndarray:
+        idx = self.data.indices("train")
+        rng = np.random.default_rng(self.cfg.seed * 1009 + epoch)
+        if self.cfg.sampler == "balanced":
+            return rng.choice(idx, size=len(idx), replace=True, p=sample_weights(self.data, idx))
+        return idx[rng.permutation(len(idx))]
+
+    def _train_epoch(self, epoch, model, opt, sched, loss_fn, bar) -> tuple[float, float]:
+        cfg, gen = self.cfg, self._seed(epoch)
+        model.train()
+        order = self._order(epoch, gen)
+        n_steps = len(order) // cfg.batch_size  # drop the ragged last batch (BatchNorm)
+        task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_steps, info="")
+        total, seen, t0 = 0.0, 0, time.perf_counter()
+        for step in range(n_steps):
+            idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+            x = augment(to_tensor(self.data.cache.pixels[idx], cfg.channels_last), cfg.augment, gen)
+            y = {t: torch.from_numpy(self.data.targets[t][idx]) for t in TASKS}
+            out = model(x)
+            if "all" in out:
+                loss, _ = loss_fn({}, y, joint=class18_log_probs(out))
+            else:
+                loss, _ = loss_fn(task_log_probs(out), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            rate = seen / (time.perf_counter() - t0)
+            bar.update(task, advance=1, info=f"loss {total / seen:.3f} {rate:.0f} img/s")
+        bar.remove_task(task)
+        return total / max(1, seen), seen / max(1e-9, time.perf_counter() - t0)
+
+    def validate(self, model, split: str = "val") -> dict:
+        idx = self.data.indices(split)
+        probs = predict_pixels(model, self.data.cache.pixels, idx, tta=self.cfg.tta,
+                               channels_last=self.cfg.channels_last)
+        return all_metrics({t: self.data.targets[t][idx] for t in TASKS}, probs)
+
+    def fit(self, resume: bool = True) -> FitResult:
+        """Train (or resume) until `epochs` or early stopping; returns the best validation result."""
+        cfg, t_start = self.cfg, time.perf_counter()
+        cfg.save(self.out / "config.yaml")
+        with _progress() as bar:
+            if self.data is None:
+                task = bar.add_task("caching images", total=None, info="")
+                self.data = prepare_for(cfg, lambda d, n: bar.update(task, completed=d, total=n))
+                bar.remove_task(task)
+            write_split(self.data, self.out / "split.csv")
+            self.data.bad_images().to_csv(self.out / "bad_images.csv", index=False)
+            model, opt, sched, loss_fn = self._build()
+            state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": [], "stale": 0}
+            if resume and (self.out / "last.pt").is_file():
+                ckpt = load_checkpoint(self.out / "last.pt")
+                model.load_state_dict(ckpt["model"])
+                opt.load_state_dict(ckpt["optimizer"])
+                sched.load_state_dict(ckpt["scheduler"])
+                state = ckpt["state"]
+                log.info("resumed %s at epoch %d", self.out, state["epoch"])
+            writer = self._tensorboard()
+            rates = []
+            while state["epoch"] < cfg.epochs:
+                epoch = state["epoch"]
+                train_loss, rate = self._train_epoch(epoch, model, opt, sched, loss_fn, bar)
+                rates.append(rate)
+                val = self.validate(model) if len(self.data.indices("val")) else {"score": -train_loss}
+                record = {"epoch": epoch + 1, "train_loss": train_loss, "images_per_s": rate,
+                          "val_score": val["score"], "lr": opt.param_groups[-1]["lr"],
+                          **{f"val_{t}_f1": val[t]["macro_f1"] for t in (*TASKS, "class18") if t in val}}
+                state["history"].append(record)
+                state["epoch"] = epoch + 1
+                improved = val["score"] > state["best_score"]
+                if improved:
+                    state.update(best_score=val["score"], best_epoch=epoch + 1, stale=0, best_val=val)
+                    save_checkpoint(self.out / "best.pt", self._payload(model, state))
+                else:
+                    state["stale"] += 1
+                save_checkpoint(self.out / "last.pt", {
+                    **self._payload(model, state), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "rng": rng_state()})
+                self._log(record, writer)
+                log.info("epoch %d: loss %.4f, %.1f img/s, val %s%s", epoch + 1, train_loss, rate,
+                         summary_line(val), " (best)" if improved else "")
+                if cfg.patience and state["stale"] >= cfg.patience:
+                    log.info("early stop: no better validation score for %d epochs", cfg.patience)
+                    break
+            if writer:
+                writer.close()
+        return FitResult(self.out, state["best_epoch"], state.get("best_val", {}), state["history"],
+                         float(np.mean(rates)) if rates else 0.0, time.perf_counter() - t_start)
+
+    def _payload(self, model, state) -> dict:
+        return {"config": self.cfg.to_dict(), "model": model.state_dict(), "state": state}
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _log(self, record: dict, writer) -> None:
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(record))
+            if new:
+                w.writeheader()
+            w.writerow(record)
+        if writer:
+            for key, value in record.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, record["epoch"])
+
+
+def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
+        data: PreparedData | None = None) -> FitResult:
+    """Train one configuration. Example: ``fit(load_config("configs/multitask.yaml"), "runs/mt")``."""
+    return Trainer(cfg, out_dir, data).fit(resume)

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny synthetic data sets made in code (no files from outside the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COMPETITION_FILES = ["mask1.jpg", "mask2.jpeg", "mask3.png", "mask4.jpg", "mask5.jpg",
+                     "incorrect_mask.png", "normal.jpeg"]
+
+
+def face_image(rng: np.random.Generator, mask: int, female: int, old: int, size: int = 48) -> Image.Image:
+    """A cartoon 'face' whose colours encode the labels, so a tiny model can learn them."""
+    img = np.full((size, size, 3), 40 + 150 * female, np.uint8)
+    img[..., 2] = 60 + 80 * old
+    yy, xx = np.mgrid[:size, :size]
+    face = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    img[face] = (220, 180, 150)
+    if mask < 2:  # a mask over the lower face; "incorrect" sits lower
+        top = size // 2 + (6 if mask == 1 else 0)
+        img[top : top + size // 5, size // 4 : 3 * size // 4] = (90, 160, 230)
+    img = np.clip(img.astype(int) + rng.integers(-15, 16, img.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(img)
+
+
+def make_competition(root: Path, n_people: int = 12, n_eval: int = 10, seed: int = 0) -> Path:
+    """Write a competition-layout data set: train/train.csv + person folders, eval/info.csv."""
+    rng = np.random.default_rng(seed)
+    (root / "train" / "images").mkdir(parents=True)
+    lines = ["id,gender,race,age,path"]
+    for p in range(n_people):
+        female, age = p % 2, [20, 45, 65][p % 3]
+        gender = "female" if female else "male"
+        folder = f"{p:06d}_{gender}_Asian_{age}"
+        lines.append(f"{p:06d},{gender},Asian,{age},{folder}")
+        d = root / "train" / "images" / folder
+        d.mkdir()
+        for name in COMPETITION_FILES:
+            mask = 0 if name.startswith("mask") else 1 if name.startswith("incorrect") else 2
+            face_image(rng, mask, female, int(age >= 60)).save(d / name)
+        (d / "._mask1.jpg").write_bytes(b"macOS resource fork junk")  # must be ignored
+    (root / "train" / "train.csv").write_text("\n".join(lines) + "\n")
+    (root / "eval" / "images").mkdir(parents=True)
+    ids = []
+    for i in range(n_eval):
+        name = f"{i:04d}eval.jpg"
+        face_image(rng, i % 3, i % 2, 0).save(root / "eval" / "images" / name)
+        ids.append(name)
+    (root / "eval" / "info.csv").write_text("ImageID,ans\n" + "".join(f"{n},0\n" for n in ids))
+    return root
+
+
+@pytest.fixture
+def competition(tmp_path: Path) -> Path:
+    return make_competition(tmp_path / "comp")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own preprocessing cache folder."""
+    monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+
+
+def real_data(name: str) -> Path:
+    """The folder of a real data set, or skip the test with the reason."""
+    from facelab.paths import data_root
+
+    path = data_root() / name
+    if not path.is_dir():
+        pytest.skip(f"real data set {name!r} not found under {data_root()} (set FACELAB_DATA)")
+    return path
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
