@@ -193,6 +193,9 @@ def verify_eval(
     embedder: str = typer.Option("dlib-resnet", help="Embedding model."),
     flip: bool = typer.Option(True, help="dlib: average with the mirrored chip."),
     occlude_below: Optional[float] = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
+    align: str = typer.Option("shape5", help="dlib chip alignment: shape5, landmarks or eyes."),
+    checkpoint: Optional[Path] = typer.Option(None, help="mobilefacenet: trained checkpoint."),
+    folds: Optional[list[int]] = typer.Option(None, "--fold", help="Only pairs of these folds (repeatable)."),
     root: Optional[Path] = typer.Option(None, help="Folder image paths are relative to (default: the CSV's)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N pairs (quick check)."),
 ) -> None:
@@ -205,13 +208,16 @@ def verify_eval(
     from facelab.embed.pipeline import FacePipeline, PipelineConfig
     from facelab.evaluate.verification import run_verify_eval
 
-    opts = {}
+    opts: dict = {}
     if embedder.startswith("dlib-resnet"):
-        opts = {"flip": flip}
+        opts = {"flip": flip, "align": align}
         if occlude_below is not None:
             opts["occlude_below"] = occlude_below
-    pipe = FacePipeline(PipelineConfig(detector=detector, largest_only=True), get_embedder(embedder, **opts))
-    rep = run_verify_eval(pairs, pipe, out=out, root=root, limit=limit)
+    elif embedder == "mobilefacenet":
+        opts = {"checkpoint": str(checkpoint) if checkpoint else None}
+    pcfg = PipelineConfig(detector=detector, largest_only=True, select="central")
+    pipe = FacePipeline(pcfg, get_embedder(embedder, **opts))
+    rep = run_verify_eval(pairs, pipe, out=out, root=root, limit=limit, folds=folds)
     typer.echo(rep.summary())
     typer.echo(json.dumps({"images_per_s": round(rep.extra["images_per_s"], 1),
                            "stages": rep.extra["stages"], "failed": len(rep.failed_images)}))
