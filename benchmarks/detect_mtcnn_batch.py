@@ -28,7 +28,9 @@ def _images(n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
         return [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(n)], "noise"
     from facelab.io import load_image
 
-    return [cv2.resize(load_image(f), size[::-1], interpolation=cv2.INTER_AREA) for f in files], str(folder)
+    return [
+        cv2.resize(load_image(f), size[::-1], interpolation=cv2.INTER_AREA) for f in files
+    ], str(folder)
 
 
 def main() -> None:
@@ -54,13 +56,19 @@ def main() -> None:
         one = [det.detect(im) for im in images]
         single.append((time.perf_counter() - t) / len(images))
         t = time.perf_counter()
-        many = [f for i in range(0, len(images), args.batch) for f in det.detect_batch(images[i : i + args.batch])]
+        many = [
+            f
+            for i in range(0, len(images), args.batch)
+            for f in det.detect_batch(images[i : i + args.batch])
+        ]
         batched.append((time.perf_counter() - t) / len(images))
     same = sum(len(a) == len(b) for a, b in zip(one, many))
     s, b = min(single), min(batched)
     print(f"images: {len(images)} x 300x400 from {source}; torch threads {args.threads}")
-    print(f"faces found: {sum(map(len, one))} single, {sum(map(len, many))} batched; "
-          f"same count on {same}/{len(images)} images")
+    print(
+        f"faces found: {sum(map(len, one))} single, {sum(map(len, many))} batched; "
+        f"same count on {same}/{len(images)} images"
+    )
     print(f"single: {s * 1000:.1f} ms/image ({1 / s:.1f} images/s)")
     print(f"batch {args.batch}: {b * 1000:.1f} ms/image ({1 / b:.1f} images/s)")
     print(f"batch speed-up per image: {s / b:.2f}x")

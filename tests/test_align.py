@@ -13,7 +13,9 @@ def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> n
     return np.concatenate([rot, np.array(shift)[:, None]], axis=1)
 
 
-@pytest.mark.parametrize("angle,scale,shift", [(0, 1, (0, 0)), (30, 2.5, (40, -7)), (-75, 0.4, (3, 90))])
+@pytest.mark.parametrize(
+    "angle,scale,shift", [(0, 1, (0, 0)), (30, 2.5, (40, -7)), (-75, 0.4, (3, 90))]
+)
 def test_rotated_scaled_points_map_back_to_template(angle, scale, shift):
     tpl = face_template(112)
     fwd = _similarity(angle, scale, shift)

@@ -1,6 +1,5 @@
 """Detector backends: the shared interface, blank images, odd inputs, real-data sanity."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -22,8 +22,10 @@ class _FakeOne(Detector):
         if image[0, 0, 0] != 255:
             return []
         lm = np.array([[30, 40], [50, 40], [40, 50], [32, 60], [48, 60]], float)
-        return [Face(box=(20.0, 30.0, 60.0, 70.0), score=0.9, landmarks=lm),
-                Face(box=(0.0, 0.0, 10.0, 10.0), score=0.95)]
+        return [
+            Face(box=(20.0, 30.0, 60.0, 70.0), score=0.9, landmarks=lm),
+            Face(box=(0.0, 0.0, 10.0, 10.0), score=0.95),
+        ]
 
 
 def test_parse_spec_options_and_fallback():
@@ -66,10 +68,14 @@ def test_cache_key_tracks_pixel_settings_only():
     base = FaceCropper("mtcnn>center")
     assert base.cache_key() == FaceCropper("mtcnn>center").cache_key()
     for other in (
-        FaceCropper("mtcnn>original"), FaceCropper("mtcnn>center", margin=0.3),
-        FaceCropper("mtcnn>center", square=False), FaceCropper("mtcnn>center", size=224),
-        FaceCropper("mtcnn(min_face_size=40)>center"), FaceCropper("haar>center"),
-        FaceCropper("mtcnn>center", align=True), FaceCropper("mtcnn>center", choose="central"),
+        FaceCropper("mtcnn>original"),
+        FaceCropper("mtcnn>center", margin=0.3),
+        FaceCropper("mtcnn>center", square=False),
+        FaceCropper("mtcnn>center", size=224),
+        FaceCropper("mtcnn(min_face_size=40)>center"),
+        FaceCropper("haar>center"),
+        FaceCropper("mtcnn>center", align=True),
+        FaceCropper("mtcnn>center", choose="central"),
     ):
         assert other.cache_key() != base.cache_key()
 
@@ -125,4 +131,7 @@ def test_gather_inputs_competition_csv(tmp_path):
         tmp_path / "train.csv", index=False
     )
     names = [n for n, _ in gather_inputs(tmp_path / "train.csv")]
-    assert names == ["images/000001_female_Asian_45/mask1.jpg", "images/000001_female_Asian_45/normal.png"]
+    assert names == [
+        "images/000001_female_Asian_45/mask1.jpg",
+        "images/000001_female_Asian_45/normal.png",
+    ]

@@ -63,12 +63,21 @@ def test_train_tiny_synthetic_end_to_end(tmp_path):
         img[y + 7 : y + 10, x + 5 : x + 9] = 20  # "eyes"
         img[y + 7 : y + 10, x + 15 : x + 19] = 20
         Image.fromarray(img).save(tmp_path / f"im{i}.png")
-        rows.append(dict(image=f"im{i}.png", x1=x, y1=y, x2=x + 24, y2=y + 24, label="with_mask"))
+        rows.append(
+            {"image": f"im{i}.png", "x1": x, "y1": y, "x2": x + 24, "y2": y + 24, "label": "mask"}
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "boxes.csv", index=False)
     cfg = DetectTrainConfig(
-        boxes=str(tmp_path), out=str(tmp_path / "m.pt"), epochs_pnet=1, epochs_rnet=1,
-        epochs_onet=2, jitter_per_face=2, negatives_per_image=4, hard_per_image=5,
-        min_face_size=16, precision_target=0.5,
+        boxes=str(tmp_path),
+        out=str(tmp_path / "m.pt"),
+        epochs_pnet=1,
+        epochs_rnet=1,
+        epochs_onet=2,
+        jitter_per_face=2,
+        negatives_per_image=4,
+        hard_per_image=5,
+        min_face_size=16,
+        precision_target=0.5,
     )
     meta = train_detector(cfg, progress=None)
     assert meta["train_images"] > 0 and meta["crops"][1] > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,13 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def _detector(spec: str):
-    """A detector from a spec: "mtcnn", "mtcnn(min_face_size=12)" or a cascade "a>b"."""
+    """A detector from a spec: "mtcnn", "mtcnn(min_face_size=12)", a cascade "a>b" (first
+    stage that finds faces) or a union "a|b"."""
     from facelab.detect import get_detector
     from facelab.detect.cascade import CascadeDetector, parse_spec
-
     from facelab.errors import ConfigError
 
-    stages, fallback = parse_spec(spec)
+    stages, fallback = parse_spec(spec.replace("|", ">"))
     if fallback or not stages:
         raise ConfigError(f"{spec!r}: fallbacks (center/original) apply to cropping, not detection")
     if len(stages) > 1:
@@ -32,7 +31,7 @@ def _detector(spec: str):
     return det
 
 
-def _threads(n: Optional[int]) -> None:
+def _threads(n: int | None) -> None:
     if n:
         import torch
 
@@ -53,7 +52,9 @@ def detect_cmd(
     from facelab.io import load_image
 
     det = _detector(detector)
-    typer.echo("image,stage,score,x1,y1,x2,y2," + ",".join(f"lm{i}_{a}" for i in range(5) for a in "xy"))
+    typer.echo(
+        "image,stage,score,x1,y1,x2,y2," + ",".join(f"lm{i}_{a}" for i in range(5) for a in "xy")
+    )
     for path in images:
         for f in det.detect(load_image(path)):
             lm = f.landmarks.ravel().tolist() if f.landmarks is not None else [""] * 10
@@ -70,12 +71,12 @@ def crop_cmd(
     margin: float = typer.Option(0.2, help="Context on each side, fraction of the face box."),
     square: bool = typer.Option(True, help="Square crops."),
     choose: str = typer.Option("largest", help="largest | central | score | all"),
-    size: Optional[int] = typer.Option(None, help="Resize crops to SIZE x SIZE."),
+    size: int | None = typer.Option(None, help="Resize crops to SIZE x SIZE."),
     align: bool = typer.Option(False, help="5-point alignment to the ArcFace template."),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
     batch_size: int = typer.Option(8, help="Images per detector batch."),
     overwrite: bool = typer.Option(False, help="Start over even if settings changed."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    threads: int | None = typer.Option(None, help="torch CPU threads."),
 ) -> None:
     """Crop faces from many images into a folder plus a CSV of boxes, landmarks, scores, stage.
 
@@ -111,12 +112,14 @@ def detect_eval_cmd(
     split: str = typer.Option(
         "test", help="test | train | all: the image-hash split detect-train uses (test = held out)."
     ),
-    limit: Optional[int] = typer.Option(None, help="Only the first N images (quick looks)."),
+    limit: int | None = typer.Option(None, help="Only the first N images (quick looks)."),
     min_size: float = typer.Option(32.0, help="Face-width bucket edge in pixels."),
     iou: float = typer.Option(0.5, help="IoU for a match."),
     batch_size: int = typer.Option(8, help="Images per detect_batch call."),
-    threads: Optional[int] = typer.Option(1, help="torch CPU threads."),
-    out: Optional[Path] = typer.Option(None, help="Also write the table (.md) and numbers (.json)."),
+    threads: int | None = typer.Option(1, help="torch CPU threads."),
+    out: Path | None = typer.Option(
+        None, help="Also write the table (.md) and numbers (.json)."
+    ),
 ) -> None:
     """Recall per class and face size, precision and speed of detectors on a boxes CSV.
 

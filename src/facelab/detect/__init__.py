@@ -5,6 +5,12 @@ Example:
     >>> faces = get_detector("mtcnn").detect(image)  # doctest: +SKIP
 """
 
-from facelab.detect.base import Detector, as_rgb, available_detectors, get_detector, register_detector
+from facelab.detect.base import (
+    Detector,
+    as_rgb,
+    available_detectors,
+    get_detector,
+    register_detector,
+)
 
 __all__ = ["Detector", "as_rgb", "available_detectors", "get_detector", "register_detector"]

@@ -54,7 +54,7 @@ def get_detector(name: str, **options) -> Detector:
     """Build a detector by name; its weights load on the first ``detect`` call.
 
     Args:
-        name: "mtcnn", "dlib-hog", "dlib-cnn", "haar" or "mask-fcos" (see
+        name: "mtcnn", "dlib-hog", "dlib-cnn", "haar" or "mtcnn-mask" (see
             :func:`available_detectors`).
         **options: backend options (thresholds, minimum face size, weights path, ...).
 
@@ -75,7 +75,7 @@ def _import_backends() -> None:
     # Importing the modules only registers classes; no weights load here.
     from importlib import import_module
 
-    for mod in ("mtcnn", "dlib_backend", "haar", "fcos", "cascade"):
+    for mod in ("mtcnn", "dlib_backend", "haar", "cascade"):
         import_module(f"facelab.detect.{mod}")
 
 

