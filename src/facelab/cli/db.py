@@ -196,6 +196,7 @@ def verify_eval(
     align: str = typer.Option("shape5", help="dlib chip alignment: shape5, landmarks or eyes."),
     checkpoint: Optional[Path] = typer.Option(None, help="mobilefacenet: trained checkpoint."),
     folds: Optional[list[int]] = typer.Option(None, "--fold", help="Only pairs of these folds (repeatable)."),
+    whole_margin: float = typer.Option(0.0, help="Margin (fraction) of the 'whole' detector / fallback box."),
     root: Optional[Path] = typer.Option(None, help="Folder image paths are relative to (default: the CSV's)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N pairs (quick check)."),
 ) -> None:
@@ -215,7 +216,7 @@ def verify_eval(
             opts["occlude_below"] = occlude_below
     elif embedder == "mobilefacenet":
         opts = {"checkpoint": str(checkpoint) if checkpoint else None}
-    pcfg = PipelineConfig(detector=detector, largest_only=True, select="central")
+    pcfg = PipelineConfig(detector=detector, largest_only=True, select="central", whole_margin=whole_margin)
     pipe = FacePipeline(pcfg, get_embedder(embedder, **opts))
     rep = run_verify_eval(pairs, pipe, out=out, root=root, limit=limit, folds=folds)
     typer.echo(rep.summary())

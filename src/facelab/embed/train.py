@@ -40,6 +40,7 @@ class TrainConfig:
     min_images: int = 2
     val_fraction: float = 0.1
     detector: str = "mtcnn"
+    whole_margin: float = 0.0
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.05
@@ -82,7 +83,8 @@ def prepare_faces(df: pd.DataFrame, cfg: TrainConfig) -> tuple[np.ndarray, np.nd
     if cache.is_file():
         z = np.load(cache)
         return z["faces"], z["identity"]
-    pipe = FacePipeline(PipelineConfig(detector=cfg.detector, largest_only=True, select="central"),
+    pipe = FacePipeline(PipelineConfig(detector=cfg.detector, largest_only=True, select="central",
+                                       whole_margin=cfg.whole_margin),
                         embedder=object())  # type: ignore[arg-type]  (detection only)
     faces, ids = [], []
     for path, ident in zip(df["image"], df["identity"]):
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(f"--{f}", default=getattr(TrainConfig, f))
     for f in ("epochs", "batch_size", "threads", "seed", "min_images"):
         ap.add_argument(f"--{f.replace('_', '-')}", dest=f, type=int, default=getattr(TrainConfig, f))
-    for f in ("lr", "width", "mask_prob", "m", "s"):
+    for f in ("lr", "width", "mask_prob", "m", "s", "whole_margin"):
         ap.add_argument(f"--{f.replace('_', '-')}", dest=f, type=float, default=getattr(TrainConfig, f))
     ap.add_argument("--folds", type=int, nargs="*", default=[])
     ap.add_argument("--resume", action="store_true")
