@@ -378,15 +378,23 @@ class MTCNNMask(MTCNN):
     """MTCNN fine-tuned on masked faces by ``facelab detect-train`` (5 landmarks kept).
 
     Options are MTCNN's plus ``weights`` (checkpoint path, default
-    ``$FACELAB_CACHE/weights/mtcnn-mask.pt``); thresholds and minimum face size default
-    to the ones chosen at training time.
+    ``$FACELAB_CACHE/weights/mtcnn-mask.pt``) and ``size_thresholds`` ([[min_width,
+    score], ...], final score thresholds by face width); thresholds, size thresholds and
+    minimum face size default to the ones chosen on validation images at training time.
 
     Example:
         >>> det = get_detector("mtcnn-mask", weights="runs/detect/mtcnn-mask.pt")  # doctest: +SKIP
     """
 
-    def __init__(self, name: str = "mtcnn-mask", weights: str | None = None, **options) -> None:
-        self._user = dict(options)
+    def __init__(
+        self,
+        name: str = "mtcnn-mask",
+        weights: str | None = None,
+        size_thresholds: list | None = None,
+        **options,
+    ) -> None:
+        self._user = dict(options, size_thresholds=size_thresholds)
+        self._size_rules = size_thresholds
         self._weights = Path(weights) if weights else None
         super().__init__(name=name, **options)
         self.options["weights"] = weights
@@ -415,6 +423,8 @@ class MTCNNMask(MTCNN):
                 self.cfg.thresholds = tuple(meta["thresholds"])
             if "min_face_size" not in self._user:
                 self.cfg.min_face_size = float(meta["min_face_size"])
+            if "thresholds" not in self._user and self._size_rules is None:
+                self._size_rules = meta.get("size_thresholds")
             self._ckpt = ckpt
         return self._ckpt
 
@@ -428,3 +438,12 @@ class MTCNNMask(MTCNN):
 
     def _state_dicts(self) -> dict:
         return self._checkpoint()["states"]
+
+    def _detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        out = super()._detect_batch(images)
+        rules = self._size_rules
+        if not rules:
+            return out
+        from facelab.detect.train import size_threshold
+
+        return [[f for f in faces if f.score >= size_threshold(rules, f.width)] for faces in out]

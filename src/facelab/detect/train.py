@@ -270,26 +270,63 @@ def choose_threshold(scores: np.ndarray, hits: np.ndarray, n_gt: int, target: fl
     return float(s[i]), float(prec[i]), float(rec[i])
 
 
+SIZE_EDGES = (0.0, 16.0, 32.0)
+
+
+def size_threshold(rules: list, width: float) -> float:
+    """The score threshold for a face of ``width`` px from [[min_width, threshold], ...].
+
+    Example:
+        >>> size_threshold([[0, 0.99], [32, 0.9]], 40.0)
+        0.9
+    """
+    thr = rules[0][1]
+    for lo, t in rules:
+        if width >= lo:
+            thr = t
+    return float(thr)
+
+
 def _validate(det, boxes_df, val_paths: list[str], cfg: DetectTrainConfig) -> dict:
-    """Pick the O-Net threshold on validation images (matched greedily at IoU 0.5)."""
+    """Choose O-Net score thresholds on validation images, one per face-width bucket
+    (0-16, 16-32, >=32 px): in each bucket the lowest threshold whose precision reaches
+    the target, so small faces (where false alarms concentrate) do not force a high
+    threshold on large ones. Matching is greedy at IoU 0.5 over all ground truth.
+    """
     from facelab.detect.evaluate import match
     from facelab.io import load_image
 
     det.cfg.thresholds = (cfg.pnet_thresh, cfg.rnet_thresh, 0.3)
     df = boxes_df[boxes_df["path"].isin(val_paths)]
-    all_s, all_h = [], []
+    scores, hits, widths = [], [], []
     for path, g in df.groupby("path", sort=True):
         faces = det.detect(load_image(path))
         gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
         sc = np.array([f.score for f in faces])
         _, det_hit = match(gt, np.array([f.box for f in faces], float).reshape(-1, 4), sc)
-        all_s.append(sc)
-        all_h.append(det_hit)
-    thr, prec, rec = choose_threshold(
-        np.concatenate(all_s), np.concatenate(all_h), len(df), cfg.precision_target
-    )
-    return {"score_thresh": thr, "val_precision": prec, "val_recall": rec,
-            "val_images": len(val_paths), "val_faces": len(df)}  # fmt: skip
+        scores.append(sc)
+        hits.append(det_hit)
+        widths.append(np.array([f.width for f in faces]))
+    s, h, w = np.concatenate(scores), np.concatenate(hits), np.concatenate(widths)
+    gt_w = (df["x2"] - df["x1"]).to_numpy(float)
+    rules, report = [], {}
+    for lo, hi in zip(SIZE_EDGES, [*SIZE_EDGES[1:], np.inf]):
+        m = (w >= lo) & (w < hi)
+        n_gt = int(((gt_w >= lo) & (gt_w < hi)).sum())
+        thr, prec, rec = choose_threshold(s[m], h[m], n_gt, cfg.precision_target)
+        rules.append([lo, thr])
+        report[f"{lo:g}-{hi:g}px"] = {"threshold": thr, "precision": prec}
+    keep = np.array([sc >= size_threshold(rules, wd) for sc, wd in zip(s, w)], bool)
+    tp = int(h[keep].sum())
+    return {
+        "score_thresh": min(t for _, t in rules),
+        "size_thresholds": rules,
+        "val_precision": tp / max(int(keep.sum()), 1),
+        "val_recall": tp / max(len(df), 1),
+        "val_buckets": report,
+        "val_images": len(val_paths),
+        "val_faces": int(len(df)),
+    }
 
 
 def train_detector(cfg: DetectTrainConfig, progress=None) -> dict:
