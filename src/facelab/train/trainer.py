@@ -129,8 +129,12 @@ class Trainer:
                                channels_last=self.cfg.channels_last)
         return all_metrics({t: self.data.targets[t][idx] for t in TASKS}, probs)
 
-    def fit(self, resume: bool = True) -> FitResult:
-        """Train (or resume) until `epochs` or early stopping; returns the best validation result."""
+    def fit(self, resume: bool = True, stop_after: int | None = None) -> FitResult:
+        """Train (or resume) until `epochs` or early stopping; returns the best validation result.
+
+        `stop_after` ends this call after that many epochs (a time-boxed session); a later
+        call with resume=True continues exactly where it stopped.
+        """
         cfg, t_start = self.cfg, time.perf_counter()
         cfg.save(self.out / "config.yaml")
         with _progress() as bar:
@@ -151,7 +155,8 @@ class Trainer:
                 log.info("resumed %s at epoch %d", self.out, state["epoch"])
             writer = self._tensorboard()
             rates = []
-            while state["epoch"] < cfg.epochs:
+            last = cfg.epochs if stop_after is None else min(cfg.epochs, state["epoch"] + stop_after)
+            while state["epoch"] < last:
                 epoch = state["epoch"]
                 train_loss, rate = self._train_epoch(epoch, model, opt, sched, loss_fn, bar)
                 rates.append(rate)

@@ -1,0 +1,72 @@
+"""The main job: one multi-task model for mask state, gender and age group, figures on a
+fixed seeded person-level test split.
+
+Trains MobileNetV2 (ImageNet weights from the offline package) jointly on face-mask-detection
+crops (mask state) and UTKFace (gender, age group), selects the epoch on a validation split,
+and reports on a held-out test split that neither training nor selection saw.
+
+    FACELAB_DATA=../shared/data python benchmarks/attributes.py [--set key=value ...]
+
+Prints mask macro F1 (and the rare "incorrect" class F1), gender accuracy, age-group macro
+F1, training images/s and wall time, then where the report is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from facelab.evaluate.report import evaluate_run  # noqa: E402
+from facelab.paths import data_root  # noqa: E402
+from facelab.train.config import load_config  # noqa: E402
+from facelab.train.trainer import fit  # noqa: E402
+
+# The bar: a plain single-task script (ImageNet MobileNetV2, 3-epoch fine-tune at 128px, CE).
+BASELINE = {"mask_f1": 0.88, "incorrect_f1": 0.71, "gender_acc": 0.90, "age_f1": 0.83}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "multitask.yaml"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "main"))
+    ap.add_argument("--set", action="append", default=[], help="config override key=value")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("face-mask-detection", "utkface"):
+        if not (data_root() / name).is_dir():
+            print(f"SKIP: data set {name} not found under {data_root()} (set FACELAB_DATA)")
+            return 0
+    t0 = time.perf_counter()
+    cfg = load_config(args.config, args.set)
+    result = fit(cfg, args.out, resume=args.resume)
+    metrics, report = evaluate_run(args.out, "test")
+    wall = time.perf_counter() - t0
+    got = {
+        "mask_f1": metrics["mask"]["macro_f1"],
+        "incorrect_f1": metrics["mask"]["per_class_f1"][1],
+        "gender_acc": metrics["gender"]["accuracy"],
+        "age_f1": metrics["age"]["macro_f1"],
+    }
+    print("\nfacelab multi-task model, person-level test split (seed "
+          f"{cfg.data.split_seed}, {cfg.data.image_size}px, {cfg.model.backbone})")
+    print(f"{'figure':<28}{'facelab':>10}{'plain baseline':>16}")
+    for key, label in (("mask_f1", "mask-state macro F1"), ("incorrect_f1", '  "incorrect" class F1'),
+                       ("gender_acc", "gender accuracy"), ("age_f1", "age-group macro F1")):
+        mark = "beats" if got[key] > BASELINE[key] else "BELOW"
+        print(f"{label:<28}{got[key]:>10.4f}{BASELINE[key]:>16.2f}  {mark}")
+    print(f"{'training images/s':<28}{result.train_images_per_s:>10.1f}")
+    print(f"{'epochs run (best)':<28}{len(result.history):>10d} ({result.best_epoch})")
+    print(f"{'wall time (s)':<28}{wall:>10.0f}")
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
