@@ -19,8 +19,9 @@ app = typer.Typer(
         "embeddings and a face database.\n\n"
         "Examples:\n\n"
         "  facelab train --config configs/multitask.yaml --out runs/mt\n\n"
-        "  facelab evaluate runs/mt/best.pt --out runs/mt/eval\n\n"
-        "  facelab predict runs/mt/best.pt --competition data/eval --out submission.csv"
+        "  facelab evaluate runs/mt\n\n"
+        "  facelab predict runs/mt --competition path/to/comp --out preds.csv\n\n"
+        "  facelab detect-eval --help ;  facelab db --help"
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

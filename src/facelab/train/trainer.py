@@ -116,7 +116,7 @@ class Trainer:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
             rate = seen / (time.perf_counter() - t0)
             bar.update(task, advance=1, info=f"loss {total / seen:.3f} {rate:.0f} img/s")
