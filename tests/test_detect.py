@@ -20,13 +20,20 @@ def test_registry_names():
         get_detector("nope")
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", [*FAST, "dlib-cnn"])
 def test_blank_image_gives_no_faces(name):
-    det = get_detector(name)
+    det = get_detector(name, **({"upsample": 0} if name == "dlib-cnn" else {}))
     assert det.name == name
     assert det.detect(np.zeros((120, 160, 3), np.uint8)) == []
     assert det.detect_batch([np.full((64, 64, 3), 255, np.uint8)] * 2) == [[], []]
     assert det.detect_batch([]) == []
+
+
+def test_dlib_landmarks_options():
+    det = get_detector("dlib-hog", landmarks="5")
+    assert det.detect(np.zeros((40, 40, 3), np.uint8)) == []
+    with pytest.raises(ConfigError):
+        get_detector("dlib-hog", landmarks="7")
 
 
 def test_weights_load_lazily_once():
