@@ -42,7 +42,11 @@ def embed_config(faces: dict, align: str, occ: float | None, flip: bool) -> dict
 
 def main() -> None:
     from facelab.evaluate.verification import (
-        best_threshold, evaluate_distances, load_pairs, pair_distances, tar_at_far,
+        best_threshold,
+        evaluate_distances,
+        load_pairs,
+        pair_distances,
+        tar_at_far,
     )
     from facelab.paths import dataset_dir
 

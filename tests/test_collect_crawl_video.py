@@ -19,7 +19,7 @@ class _H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         buf = io.BytesIO()
         Image.fromarray(np.full((80, 80, 3), len(self.path) * 10 % 255, np.uint8)).save(buf, "JPEG")
         self.send_response(200)

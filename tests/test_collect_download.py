@@ -42,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         p = self.path
         _Handler.hits[p] = _Handler.hits.get(p, 0) + 1
         if p.startswith("/ok.jpg") or p.startswith("/..%2F"):

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from facelab.evaluate.verification import (
-    best_threshold, evaluate_distances, load_pairs, lofo_accuracy, roc_auc, tar_at_far, write_report,
+    best_threshold,
+    evaluate_distances,
+    load_pairs,
+    lofo_accuracy,
+    roc_auc,
+    tar_at_far,
+    write_report,
 )
 
 

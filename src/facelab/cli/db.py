@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -66,7 +65,7 @@ def ingest_cmd(
     db: str = DB_ARG,
     target: Path = typer.Argument(..., help="Folder of images, or CSV with path[,identity,source,license]."),
     identity_from: str = typer.Option("none", help="'folder': identity = parent folder name."),
-    identity: Optional[str] = typer.Option(None, help="Give every image this identity."),
+    identity: str | None = typer.Option(None, help="Give every image this identity."),
     retry_failed: bool = typer.Option(False, help="Retry files that failed in an earlier run."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -188,17 +187,17 @@ def rebuild_index(db: str = DB_ARG) -> None:
 @app.command("verify-eval")
 def verify_eval(
     pairs: Path = typer.Argument(..., help="Pairs CSV: image_a,image_b,same[,fold]."),
-    out: Optional[Path] = typer.Option(None, help="Folder for report.json, scores.csv, roc.png."),
+    out: Path | None = typer.Option(None, help="Folder for report.json, scores.csv, roc.png."),
     detector: str = typer.Option("mtcnn", help="Face detector (or 'whole' for face crops)."),
     embedder: str = typer.Option("dlib-resnet", help="Embedding model."),
     flip: bool = typer.Option(True, help="dlib: average with the mirrored chip."),
-    occlude_below: Optional[float] = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
+    occlude_below: float | None = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
     align: str = typer.Option("shape5", help="dlib chip alignment: shape5, landmarks or eyes."),
-    checkpoint: Optional[Path] = typer.Option(None, help="mobilefacenet: trained checkpoint."),
-    folds: Optional[list[int]] = typer.Option(None, "--fold", help="Only pairs of these folds (repeatable)."),
+    checkpoint: Path | None = typer.Option(None, help="mobilefacenet: trained checkpoint."),
+    folds: list[int] | None = typer.Option(None, "--fold", help="Only pairs of these folds (repeatable)."),
     whole_margin: float = typer.Option(0.0, help="Margin (fraction) of the 'whole' detector / fallback box."),
-    root: Optional[Path] = typer.Option(None, help="Folder image paths are relative to (default: the CSV's)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N pairs (quick check)."),
+    root: Path | None = typer.Option(None, help="Folder image paths are relative to (default: the CSV's)."),
+    limit: int | None = typer.Option(None, help="Only the first N pairs (quick check)."),
 ) -> None:
     """Verification figures on a pairs CSV: accuracy (leave-one-fold-out threshold), ROC AUC,
     TAR@FAR 1% / 0.1%, ROC plot.
@@ -266,7 +265,7 @@ def frames(
     video: Path = typer.Argument(..., help="Video file."),
     folder: Path = typer.Argument(..., help="Where the JPEG frames go."),
     every: float = typer.Option(1.0, help="Seconds between sampled frames."),
-    max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames."),
+    max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
 ) -> None:
     """Sample video frames (PyAV) as JPEGs, ready to ingest.
 

@@ -49,7 +49,7 @@ def crawl(
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown crawl engine {engine!r}; choose one of {sorted(ENGINES)}")
-    import icrawler.builtin as builtin
+    from icrawler import builtin
 
     name = Path(keyword).stem if engine == "urllist" else keyword
     out = Path(folder) / slug(name)

@@ -78,9 +78,9 @@ def list_embedders() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from facelab.embed import dlib_resnet, pixels  # noqa: F401  (registration side effect)
-
     from importlib import import_module
+
+    from facelab.embed import dlib_resnet, pixels  # noqa: F401  (registration side effect)
 
     try:
         import_module("facelab.embed.mobilefacenet")

@@ -59,7 +59,7 @@ class MobileFaceNet(nn.Module):
 
     def __init__(self, dim: int = 128, width: float = 1.0) -> None:
         super().__init__()
-        c = lambda n: max(8, int(round(n * width)))  # noqa: E731
+        c = lambda n: max(8, int(round(n * width)))
         self.stem = nn.Sequential(ConvBN(3, c(64), 3, 2, 1), ConvBN(c(64), c(64), 3, 1, 1, groups=c(64)))
         blocks: list[nn.Module] = []
         cin = c(64)

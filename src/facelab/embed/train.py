@@ -24,7 +24,13 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from facelab.embed.mobilefacenet import MarginHead, MobileFaceNet, align_or_crop, count_parameters, to_tensor
+from facelab.embed.mobilefacenet import (
+    MarginHead,
+    MobileFaceNet,
+    align_or_crop,
+    count_parameters,
+    to_tensor,
+)
 from facelab.errors import DataFormatError
 
 log = logging.getLogger(__name__)

@@ -145,7 +145,7 @@ def evaluate_distances(
     """
     acc, detail = lofo_accuracy(dist, same, folds)
     return VerificationReport(
-        n_pairs=int(len(dist)),
+        n_pairs=len(dist),
         accuracy=acc,
         accuracy_std_folds=float(np.std([v["accuracy"] for v in detail.values()])),
         roc_auc=roc_auc(dist, same),

@@ -23,7 +23,12 @@ import numpy as np
 from facelab.errors import ConfigError, DataFormatError
 from facelab.facedb.index import IndexConfig, VectorIndex
 from facelab.facedb.store import (
-    DatabaseError, FaceRecord, FaceStore, ImageRecord, SQLiteStore, store_checksum,
+    DatabaseError,
+    FaceRecord,
+    FaceStore,
+    ImageRecord,
+    SQLiteStore,
+    store_checksum,
 )
 
 log = logging.getLogger(__name__)

@@ -155,7 +155,7 @@ class VectorIndex:
         faiss.write_index(self.index, str(tmp))
         tmp.replace(path)
         meta = {"dim": self.dim, "metric": self.metric, "config": asdict(self.config),
-                "count": int(len(self.ids)), "checksum": ids_checksum(self.ids), **(extra or {})}
+                "count": len(self.ids), "checksum": ids_checksum(self.ids), **(extra or {})}
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=1))
         np.save(str(path) + ".ids.npy", self.ids)
 
