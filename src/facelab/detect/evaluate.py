@@ -250,7 +250,7 @@ def format_table(results: list[EvalResult], labels: list[str], min_size: float =
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in (res.row(labels, min_size) for res in results):
         cells = [r["detector"]] + [
-            f"{r[c]:.1f}" if c.endswith("/s") else f"{r[c]:.3f}" for c in cols[1:]
+            f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}" for c in cols[1:]
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
