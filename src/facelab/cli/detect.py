@@ -148,8 +148,9 @@ def detect_eval_cmd(
         results.append(res)
         if res.failed:
             typer.echo(f"{spec}: {len(res.failed)} unreadable images", err=True)
+        typer.echo(format_table([res], labels, min_size).splitlines()[-1])  # as it finishes
     table = format_table(results, labels, min_size)
-    typer.echo(table)
+    typer.echo("\n" + table)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(table + "\n")
