@@ -164,11 +164,10 @@ class PixelCache:
             progress(n - len(todo), n)
         # Detector cascades hold torch models: decode with one thread there.
         pool = ThreadPoolExecutor(max_workers=1 if settings.crop == "detect" else workers)
-        rows = [table.iloc[i] for i in range(n)] if len(todo) else []
 
         def work(i: int):
             try:
-                return i, *decoder(rows[i]), None
+                return i, *decoder(table.iloc[i]), None
             except FacelabError as exc:
                 return i, None, "", str(exc)
 

@@ -90,7 +90,7 @@ def file_digest(path: str | Path) -> str:
         return ""
 
 
-def _empty_table(n: int) -> pd.DataFrame:
+def empty_table(n: int) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "path": [""] * n, "x1": np.nan, "y1": np.nan, "x2": np.nan, "y2": np.nan,
@@ -150,7 +150,7 @@ def load_competition_train(root: Path, name: str = "") -> pd.DataFrame:
                 continue
             rows.append((str(file.resolve()), COMPETITION_STEMS[stem], gender, age,
                          str(rec["id"]), rec.get("race", ""), f"{rec['path']}/{file.name}"))
-    table = _empty_table(len(rows))
+    table = empty_table(len(rows))
     if rows:
         cols = list(zip(*rows))
         table["path"], table["mask"], table["gender"] = cols[0], cols[1], cols[2]
@@ -165,7 +165,7 @@ def load_competition_eval(root: Path, name: str = "") -> pd.DataFrame:
     root = Path(root)
     csv = root / "eval" / "info.csv"
     df = _read_csv(csv, {"ImageID"}, "competition eval info.csv")
-    table = _empty_table(len(df))
+    table = empty_table(len(df))
     table["path"] = [str((root / "eval" / "images" / f).resolve()) for f in df["ImageID"]]
     table["sample_id"] = df["ImageID"].to_numpy()
     table["person"] = df["ImageID"].to_numpy()
@@ -199,7 +199,7 @@ def labels_from_frame(df: pd.DataFrame, csv: Path, name: str = "", image_root: s
             f"{csv}: no label column; add at least one of mask, gender, age, age_group"
         )
     root = Path(image_root) if image_root else csv.parent
-    table = _empty_table(len(df))
+    table = empty_table(len(df))
     table["path"] = [_resolve(root, p) for p in df[img_col]]
     table["mask"] = _parse_task(df, "mask", csv)
     table["gender"] = _parse_task(df, "gender", csv)

@@ -12,7 +12,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from facelab.data.labels import CLASS_NAMES, MISSING, TASKS

@@ -37,7 +37,7 @@ class Backbone(nn.Module):
         return self.body(x)
 
 
-def _torchvision_body(name: str, pretrained: str) -> tuple[nn.Module, int, dict | None]:
+def _torchvision_body(name: str, pretrained: str) -> tuple[nn.Module, int]:
     import torchvision.models as tvm
 
     if name not in tvm.list_models(module=tvm):
@@ -53,7 +53,6 @@ def _torchvision_body(name: str, pretrained: str) -> tuple[nn.Module, int, dict 
             f"could not download torchvision weights for {name} ({exc}); offline? "
             "pass a local .pth file as pretrained instead"
         ) from exc
-    state = None
     if pretrained and pretrained != "hub":
         known = KNOWN_WEIGHTS.get((name, pretrained))
         state = load_state_dict(known.path(), known.sha256) if known else _local(pretrained, name)
@@ -67,11 +66,11 @@ def _torchvision_body(name: str, pretrained: str) -> tuple[nn.Module, int, dict 
     if hasattr(model, "classifier") and hasattr(model, "features"):
         last = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][0]
         body = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        return body, last.in_features, state
+        return body, last.in_features
     if hasattr(model, "fc"):
         n = model.fc.in_features
         model.fc = nn.Identity()
-        return model, n, state
+        return model, n
     raise ConfigError(f"torchvision model {name} has no classifier/fc to strip; use timm:<name>")
 
 
@@ -119,5 +118,5 @@ def create_backbone(name: str, pretrained: str = "imagenet") -> Backbone:
     if name.startswith("timm:"):
         body, n, mean, std = _timm_body(name[5:], pretrained)
         return Backbone(body, n, mean, std)
-    body, n, _ = _torchvision_body(name, pretrained)
+    body, n = _torchvision_body(name, pretrained)
     return Backbone(body, n)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from facelab.data.cache import PixelCache
-from facelab.data.formats import SourceSpec, _empty_table, load_source
+from facelab.data.formats import SourceSpec, empty_table, load_source
 from facelab.data.labels import CLASS_NAMES, TASKS, encode_array
 from facelab.errors import DataFormatError
 from facelab.io.image import is_image_file
@@ -25,7 +25,7 @@ def folder_table(folder: str | Path) -> pd.DataFrame:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
         raise DataFormatError(f"{folder}: no image files (.jpg, .png, ...) found")
-    table = _empty_table(len(files))
+    table = empty_table(len(files))
     table["path"] = [str(p.resolve()) for p in files]
     table["sample_id"] = [str(p.relative_to(folder)) for p in files]
     table["person"] = table["sample_id"]

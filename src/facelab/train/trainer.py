@@ -7,7 +7,6 @@ the uninterrupted run would have.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import random
 import time
@@ -89,7 +88,7 @@ class Trainer:
             weights = balanced_class_weights({t: self.data.targets[t][idx] for t in TASKS})
         return model, opt, sched, MultiTaskLoss(cfg.loss, weights)
 
-    def _order(self, epoch: int, gen: torch.Generator) -> np.ndarray:
+    def _order(self, epoch: int) -> np.ndarray:
         idx = self.data.indices("train")
         rng = np.random.default_rng(self.cfg.seed * 1009 + epoch)
         if self.cfg.sampler == "balanced":
@@ -99,7 +98,7 @@ class Trainer:
     def _train_epoch(self, epoch, model, opt, sched, loss_fn, bar) -> tuple[float, float]:
         cfg, gen = self.cfg, self._seed(epoch)
         model.train()
-        order = self._order(epoch, gen)
+        order = self._order(epoch)
         n_steps = len(order) // cfg.batch_size  # drop the ragged last batch (BatchNorm)
         task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_steps, info="")
         total, seen, t0 = 0.0, 0, time.perf_counter()
