@@ -22,9 +22,11 @@ class AttributeModel(nn.Module):
     """
 
     def __init__(self, backbone: str = "mobilenet_v2", pretrained: str = "imagenet",
-                 head: str = "multitask", dropout: float = 0.2):
+                 head: str = "multitask", dropout: float = 0.2, freeze: int = 0):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained)
+        if freeze:
+            self.backbone.freeze(freeze)
         self.head = create_head(head, self.backbone.num_features, dropout)
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1))

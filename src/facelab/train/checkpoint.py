@@ -64,7 +64,8 @@ def load_model(path: str | Path):
 
     ckpt = load_checkpoint(path)
     cfg = _build(TrainConfig, ckpt["config"], ckpt["path"])
-    model = AttributeModel(cfg.model.backbone, "", cfg.model.head, cfg.model.dropout)
+    model = AttributeModel(cfg.model.backbone, "", cfg.model.head, cfg.model.dropout,
+                           cfg.model.freeze)
     model.load_state_dict(ckpt["model"])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

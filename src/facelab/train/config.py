@@ -58,12 +58,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone and head. pretrained: '' | 'imagenet' (offline package) | file path | 'hub'."""
+    """Backbone and head.
+
+    Attributes:
+        backbone: torchvision name (mobilenet_v2, resnet18, ...) or timm:<name>.
+        pretrained: '' | 'imagenet' (offline package) | file path | 'hub'.
+        head: multitask | flat18.
+        dropout: dropout before the head.
+        freeze: leading backbone stages kept fixed (weights and BatchNorm statistics);
+            0 trains everything. 4 on MobileNetV2 trains ~1.7x faster on CPU.
+    """
 
     backbone: str = "mobilenet_v2"
     pretrained: str = "imagenet"
     head: str = "multitask"
     dropout: float = 0.2
+    freeze: int = 0
 
 
 @dataclass

@@ -76,7 +76,7 @@ class Trainer:
         cfg = self.cfg
         self._seed(0)
         model = AttributeModel(cfg.model.backbone, cfg.model.pretrained, cfg.model.head,
-                               cfg.model.dropout)
+                               cfg.model.dropout, cfg.model.freeze)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         steps = max(1, len(self.data.indices("train")) // cfg.batch_size)
