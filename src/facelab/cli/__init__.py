@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES = ("attributes", "detect", "db")
+_COMMAND_MODULES = ("attributes", "detect", "db", "recipes")
 
 
 def _register() -> None:
