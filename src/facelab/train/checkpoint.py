@@ -56,18 +56,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path):
     """(model, config, checkpoint) from a checkpoint file or run folder, ready for inference.
 
+    The model applies the run's `augment.center_crop` to its input in eval mode, so callers
+    feed the same uncropped pixels as for any other run.
+
     Example:
         >>> model, cfg, ckpt = load_model("runs/mt")  # doctest: +SKIP
     """
-    from facelab.models.model import AttributeModel
+    from facelab.train.augment import add_eval_center_crop
     from facelab.train.config import TrainConfig, _build
 
     ckpt = load_checkpoint(path)
     cfg = _build(TrainConfig, ckpt["config"], ckpt["path"])
-    model = AttributeModel(cfg.model.backbone, "", cfg.model.head, cfg.model.dropout,
-                           cfg.model.freeze)
-    model.load_state_dict(ckpt["model"])
+    model = cfg.model.build(pretrained="")
+    model.load_state_dict(ckpt["model"])  # the averaged weights when SWA/EMA was on
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    add_eval_center_crop(model, cfg.augment.center_crop)  # the training-time center crop
     model.eval()
     return model, cfg, ckpt

@@ -15,8 +15,11 @@ from facelab.data.formats import SourceSpec
 from facelab.data.labels import AgeScheme
 from facelab.errors import ConfigError
 from facelab.train.augment import AugmentConfig
+from facelab.train.averaging import EmaConfig, SwaConfig
 from facelab.train.losses import LossConfig
 from facelab.train.optim import OptimConfig
+
+SAMPLERS = ("uniform", "balanced", "one_wear_per_person")
 
 
 @dataclass
@@ -34,6 +37,8 @@ class DataConfig:
         split_seed: seed of the split (fixed so figures are comparable across runs).
         age_young_max, age_old_min: age-group boundaries (30 / 60 in the competition).
         age_drop_band: [lo, hi] ages dropped from training only (e.g. [57, 59]).
+        corrections: path of a label-corrections CSV applied to the targets before training
+            (facelab.data.corrections.apply_corrections); "" = none.
     """
 
     sources: list[SourceSpec] = field(default_factory=list)
@@ -47,6 +52,7 @@ class DataConfig:
     age_young_max: int = 30
     age_old_min: int = 60
     age_drop_band: list[int] | None = None
+    corrections: str = ""
 
     def pixel_settings(self) -> PixelSettings:
         return PixelSettings(self.image_size, self.crop, self.margin, True, self.detector)
@@ -67,6 +73,12 @@ class ModelConfig:
         dropout: dropout before the head.
         freeze: leading backbone stages kept fixed (weights and BatchNorm statistics);
             0 trains everything. 4 on MobileNetV2 trains ~1.7x faster on CPU.
+        margin: none | arcface | cosface. With a margin the head (multitask or flat18) is a
+            cosine classifier: logits = margin_scale * cos(features, class weights), and in
+            training each known target logit becomes s*cos(theta + m) (arcface) or
+            s*(cos(theta) - m) (cosface).
+        margin_scale: s, the logit scale of the cosine head.
+        margin_m: m; null = 0.5 for arcface, 0.35 for cosface.
     """
 
     backbone: str = "mobilenet_v2"
@@ -74,6 +86,36 @@ class ModelConfig:
     head: str = "multitask"
     dropout: float = 0.2
     freeze: int = 0
+    margin: str = "none"
+    margin_scale: float = 30.0
+    margin_m: float | None = None
+
+    def __post_init__(self) -> None:
+        from facelab.models.heads import MARGINS
+
+        if self.margin not in MARGINS:
+            raise ConfigError(f"model.margin {self.margin!r} unknown; use one of {MARGINS}")
+        if self.margin_scale <= 0:
+            raise ConfigError(f"model.margin_scale must be > 0, got {self.margin_scale}")
+
+    def build(self, pretrained: str | None = None):
+        """The AttributeModel these settings describe (`pretrained` overrides the weights,
+        e.g. "" when a checkpoint's weights are loaded next).
+
+        Example:
+            >>> m = ModelConfig("mobilenet_v2", "", margin="arcface").build()
+            >>> type(m.head).__name__
+            'MarginHead'
+        """
+        from facelab.models.heads import create_head
+        from facelab.models.model import AttributeModel
+
+        model = AttributeModel(self.backbone, self.pretrained if pretrained is None else pretrained,
+                               self.head, self.dropout, self.freeze)
+        if self.margin != "none":  # AttributeModel builds plain heads; swap in the cosine head
+            model.head = create_head(self.head, model.backbone.num_features, self.dropout,
+                                     self.margin, self.margin_scale, self.margin_m)
+        return model
 
 
 @dataclass
@@ -84,11 +126,15 @@ class TrainConfig:
         epochs: maximum epochs; early stopping may end sooner.
         batch_size: images per step.
         patience: epochs without a better validation score before stopping (0 = never).
-        sampler: uniform | balanced (class-balanced draws over the mask task and age groups).
+        sampler: uniform | balanced (class-balanced draws over the mask task and age groups)
+            | one_wear_per_person (competition layout: of each person's five correct-mask
+            photos mask1..mask5, one random photo per epoch; all other rows every epoch).
         seed: seeds python, numpy and torch; the same seed gives the same run.
         threads: torch CPU threads (0 = torch's default).
         channels_last: NHWC memory layout (1.6-1.8x faster for convnets on CPU).
         tta: horizontal-flip test-time augmentation for validation and evaluation.
+        swa: stochastic weight averaging (see facelab.train.averaging.SwaConfig).
+        ema: exponential moving average of the weights (facelab.train.averaging.EmaConfig).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -96,6 +142,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    swa: SwaConfig = field(default_factory=SwaConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     epochs: int = 4
     batch_size: int = 64
     patience: int = 3
@@ -104,6 +152,12 @@ class TrainConfig:
     threads: int = 0
     channels_last: bool = True
     tta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler {self.sampler!r} unknown; use one of {SAMPLERS}")
+        if self.swa.start_epoch and self.ema.decay:
+            raise ConfigError("swa and ema are both on; choose one (swa.start_epoch=0 or ema.decay=0)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,9 @@
-"""Losses for partially labelled multi-task data: CE with label smoothing and focal loss.
+"""Losses for partially labelled multi-task data: CE (label smoothing), focal, soft-F1, sums.
 
 Every loss takes log-probabilities and a target with -1 for "unknown"; unknown targets add
 no loss. For the 18-way head the target is a *set* of classes consistent with the known
-labels (e.g. "mask=incorrect, gender/age unknown" is 6 classes) and the loss is the
-negative log of that set's total probability.
+labels (e.g. "mask=incorrect, gender/age unknown" is 6 classes) and the CE/focal loss is the
+negative log of that set's total probability; soft-F1 uses the head's per-task marginals.
 """
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from facelab.data.labels import MISSING, NUM_CLASSES, TASK_CLASSES, TASKS, decode
+from facelab.data.labels import MISSING, TASK_CLASSES, TASKS
 from facelab.errors import ConfigError
+from facelab.models.heads import consistent_classes, task_log_probs
 
-LOSS_KINDS = ("ce", "focal")
+LOSS_KINDS = ("ce", "focal", "soft_f1")
+
+__all__ = ["LOSS_KINDS", "LossConfig", "MultiTaskLoss", "balanced_class_weights",
+           "consistent_classes", "set_nll", "soft_f1_loss"]
 
 
 @dataclass
@@ -23,14 +28,18 @@ class LossConfig:
     """Loss settings.
 
     Attributes:
-        kind: "ce" (cross-entropy) or "focal".
-        label_smoothing: mass spread uniformly over all classes (0 disables).
+        kind: "ce" (cross-entropy), "focal" or "soft_f1"; used when `terms` is empty.
+        terms: weighted sum of losses, e.g. {focal: 0.6, soft_f1: 0.4}; keys are loss kinds,
+            values their weights. Empty (default) = `kind` alone.
+        label_smoothing: mass spread uniformly over all classes (0 disables); ce/focal only.
         focal_gamma: focusing exponent of the focal loss.
-        class_weights: "none" or "balanced" (inverse square-root class frequency per task).
+        class_weights: "none" or "balanced" (inverse square-root class frequency per task);
+            ce/focal only.
         task_weights: weight of each task's loss in the sum.
     """
 
     kind: str = "ce"
+    terms: dict[str, float] = field(default_factory=dict)
     label_smoothing: float = 0.1
     focal_gamma: float = 2.0
     class_weights: str = "none"
@@ -40,17 +49,27 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
             raise ConfigError(f"loss kind {self.kind!r} unknown; use one of {LOSS_KINDS}")
+        bad = [k for k in self.terms or {} if k not in LOSS_KINDS]
+        if bad:
+            raise ConfigError(f"loss.terms: unknown loss kind(s) {bad}; use keys from {LOSS_KINDS}, "
+                              "e.g. {focal: 0.6, soft_f1: 0.4}")
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError("loss.class_weights must be 'none' or 'balanced'")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("loss.label_smoothing must be in [0, 1)")
 
+    def weighted_terms(self) -> dict[str, float]:
+        """{loss kind: weight} actually summed."""
+        return dict(self.terms) if self.terms else {self.kind: 1.0}
+
 
 def set_nll(
     logp_target: torch.Tensor, logp_all: torch.Tensor, cfg: LossConfig,
-    weights: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None, kind: str | None = None,
 ) -> torch.Tensor:
     """Mean loss given log p(target) (B,) and all log-probs (B, K); focal and smoothing applied.
+
+    `kind` ("ce" or "focal") defaults to `cfg.kind`.
 
     Example:
         >>> lp = torch.log(torch.tensor([[0.5, 0.5]]))
@@ -58,7 +77,7 @@ def set_nll(
         0.6931
     """
     nll = -logp_target
-    if cfg.kind == "focal":
+    if (kind or cfg.kind) == "focal":
         nll = nll * (1 - logp_target.exp()).clamp(min=0) ** cfg.focal_gamma
     if cfg.label_smoothing:
         uniform = -logp_all.clamp(min=-100).mean(-1)
@@ -68,20 +87,35 @@ def set_nll(
     return nll.mean()
 
 
-_PARTS = torch.tensor([decode(c) for c in range(NUM_CLASSES)], dtype=torch.long)
+def soft_f1_loss(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - macro soft F1 from probabilities (B, K) and targets (B,) (MISSING rows ignored).
 
+    True/false positives and false negatives are sums of probabilities instead of counts, so
+    the loss is differentiable. The macro mean runs over the classes present in the batch,
+    so perfect predictions give 0.
 
-def consistent_classes(targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, 18) bool: classes agreeing with every known task label of each sample."""
-    ok = torch.ones(len(targets["mask"]), NUM_CLASSES, dtype=torch.bool)
-    for j, task in enumerate(TASKS):
-        y = targets[task].unsqueeze(1)
-        ok &= (y == MISSING) | (_PARTS[:, j].unsqueeze(0) == y)
-    return ok
+    Example:
+        >>> y = torch.tensor([0, 1, -1])
+        >>> good = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5]])
+        >>> bad = torch.tensor([[0.4, 0.6], [0.6, 0.4], [0.5, 0.5]])
+        >>> bool(soft_f1_loss(good, y) < soft_f1_loss(bad, y))
+        True
+    """
+    known = y != MISSING
+    if not known.any():
+        return probs.sum() * 0
+    p = probs[known]
+    onehot = F.one_hot(y[known], probs.shape[1]).to(p.dtype)
+    tp = (p * onehot).sum(0)
+    fp = (p * (1 - onehot)).sum(0)
+    fn = ((1 - p) * onehot).sum(0)
+    f1 = 2 * tp / (2 * tp + fp + fn + eps)
+    return 1 - f1[onehot.sum(0) > 0].mean()
 
 
 class MultiTaskLoss:
-    """Sum of per-task losses over the samples that have each label.
+    """Weighted sum of loss terms, each a sum of per-task losses over the samples that have
+    each label.
 
     Args:
         cfg: loss settings.
@@ -95,24 +129,49 @@ class MultiTaskLoss:
     def __call__(self, logp: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                  joint: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss from per-task log-probs (multitask head) or joint (B,18) log-probs (flat head)."""
-        if joint is not None:
-            ok = consistent_classes(targets)
-            has_any = torch.stack([targets[t] != MISSING for t in TASKS], 1).any(1)
-            if not has_any.any():
-                return joint.sum() * 0, {}
-            lt = joint.masked_fill(~ok, float("-inf")).logsumexp(-1)
-            loss = set_nll(lt[has_any], joint[has_any], self.cfg)
-            return loss, {"all": float(loss.detach())}
+        terms = self.cfg.weighted_terms()
+        total, parts = None, {}
+        for kind, weight in terms.items():
+            if kind == "soft_f1":
+                # The flat head's task marginals (log_softmax of log-probs is the identity).
+                loss, sub = self._soft_f1(logp if joint is None else task_log_probs({"all": joint}),
+                                          targets)
+            elif joint is not None:
+                loss, sub = self._set_nll(joint, targets, kind)
+            else:
+                loss, sub = self._task_nll(logp, targets, kind)
+            if len(terms) > 1:
+                loss = loss * weight
+                sub = {f"{kind}_{k}": v * weight for k, v in sub.items()}
+            parts.update(sub)
+            total = loss if total is None else total + loss
+        return total, parts
+
+    def _set_nll(self, joint, targets, kind):
+        ok = consistent_classes(targets)
+        has_any = torch.stack([targets[t] != MISSING for t in TASKS], 1).any(1)
+        if not has_any.any():
+            return joint.sum() * 0, {}
+        lt = joint.masked_fill(~ok, float("-inf")).logsumexp(-1)
+        loss = set_nll(lt[has_any], joint[has_any], self.cfg, kind=kind)
+        return loss, {"all": float(loss.detach())}
+
+    def _task_nll(self, logp, targets, kind):
+        return self._per_task(logp, targets, lambda task, lp, y: set_nll(
+            lp.gather(1, y[:, None]).squeeze(1), lp, self.cfg,
+            None if task not in self.class_weights else self.class_weights[task][y], kind=kind))
+
+    def _soft_f1(self, logp, targets):
+        return self._per_task(logp, targets, lambda task, lp, y: soft_f1_loss(lp.exp(), y))
+
+    def _per_task(self, logp, targets, fn):
         total, parts = None, {}
         for task in TASKS:
             y = targets[task]
             known = y != MISSING
             if not known.any() or self.cfg.task_weights.get(task, 1.0) == 0:
                 continue
-            lp = logp[task][known]
-            w = self.class_weights.get(task)
-            loss = set_nll(lp.gather(1, y[known, None]).squeeze(1), lp, self.cfg,
-                           None if w is None else w[y[known]])
+            loss = fn(task, logp[task][known], y[known])
             loss = loss * self.cfg.task_weights.get(task, 1.0)
             parts[task] = float(loss.detach())
             total = loss if total is None else total + loss
@@ -121,7 +180,7 @@ class MultiTaskLoss:
         return total, parts
 
 
-def balanced_class_weights(labels: dict[str, "np.ndarray"]) -> dict[str, torch.Tensor]:  # noqa: F821
+def balanced_class_weights(labels: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:  # noqa: F821
     """Inverse square-root frequency weights per task, normalised to mean 1 over samples."""
     import numpy as np
 

@@ -1,7 +1,8 @@
 """The training loop: seeded, resumable, early-stopped on validation macro F1, logged.
 
 Each epoch re-seeds from (seed, epoch), so a run resumed from `last.pt` continues exactly as
-the uninterrupted run would have.
+the uninterrupted run would have. Optional tricks (all off by default) are switched by the
+config: loss terms, margin heads, CutMix/MixUp, schedules, SWA/EMA, samplers, corrections.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from facelab.data.labels import TASKS
-from facelab.data.prepare import PreparedData, prepare, sample_weights, write_split
+from facelab.data.prepare import PreparedData, prepare, write_split
+from facelab.errors import ConfigError
 from facelab.evaluate.metrics import all_metrics, summary_line
 from facelab.models.heads import class18_log_probs, task_log_probs
-from facelab.models.model import AttributeModel
 from facelab.predict.inference import predict_pixels
-from facelab.train.augment import augment, to_tensor
+from facelab.train.augment import add_eval_center_crop, augment, center_crop, to_tensor
+from facelab.train.averaging import WeightAverager
 from facelab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from facelab.train.config import TrainConfig
 from facelab.train.losses import MultiTaskLoss, balanced_class_weights
-from facelab.train.optim import create_optimizer, create_scheduler
+from facelab.train.mixing import mix_batch, mixed_targets
+from facelab.train.optim import create_optimizer, create_scheduler, steps_per_batch
+from facelab.train.sampling import epoch_order, wear_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +79,15 @@ class Trainer:
     def _build(self):
         cfg = self.cfg
         self._seed(0)
-        model = AttributeModel(cfg.model.backbone, cfg.model.pretrained, cfg.model.head,
-                               cfg.model.dropout, cfg.model.freeze)
+        model = cfg.model.build()
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        steps = max(1, len(self.data.indices("train")) // cfg.batch_size)
+        add_eval_center_crop(model, cfg.augment.center_crop)  # before the averager copies it
+        steps = max(1, len(self._order(0)) // cfg.batch_size)
         opt = create_optimizer(model, cfg.optim)
+        self._lr_mults = [g["lr"] / cfg.optim.lr for g in opt.param_groups]
         sched = create_scheduler(opt, cfg.optim, steps, cfg.epochs)
+        self.averager = WeightAverager(model, cfg.swa, cfg.ema, steps)
         weights = None
         if cfg.loss.class_weights == "balanced":
             idx = self.data.indices("train")
@@ -91,30 +97,61 @@ class Trainer:
     def _order(self, epoch: int) -> np.ndarray:
         idx = self.data.indices("train")
         rng = np.random.default_rng(self.cfg.seed * 1009 + epoch)
-        if self.cfg.sampler == "balanced":
-            return rng.choice(idx, size=len(idx), replace=True, p=sample_weights(self.data, idx))
-        return idx[rng.permutation(len(idx))]
+        wear = None
+        if self.cfg.sampler == "one_wear_per_person":
+            if getattr(self, "_wear", None) is None:
+                self._wear = wear_rows(self.data.table)
+            wear = self._wear
+        return epoch_order(self.data, idx, self.cfg.sampler, rng, wear)
+
+    def _loss(self, loss_fn, out, y):
+        if "all" in out:
+            return loss_fn({}, y, joint=class18_log_probs(out))[0]
+        return loss_fn(task_log_probs(out), y)[0]
+
+    def _batch_loss(self, model, x, y, gen, loss_fn) -> torch.Tensor:
+        """Loss of one batch; mixed batches sum lam * L(y) + (1 - lam) * L(y[perm])."""
+        x, mix = mix_batch(x, self.cfg.augment, gen)
+        if self.cfg.model.margin != "none":  # the margin head needs the targets
+            feats = model.features(x)
+            parts = [(self._loss(loss_fn, model.head(feats, yy), yy), w)
+                     for yy, w in mixed_targets(y, mix)]
+        else:
+            out = model(x)
+            parts = [(self._loss(loss_fn, out, yy), w) for yy, w in mixed_targets(y, mix)]
+        if mix is None:
+            return parts[0][0]
+        return sum(loss * w for loss, w in parts)
+
+    def _bn_batches(self):
+        """Training images for SWA's BatchNorm update: cropped like evaluation, not augmented."""
+        cfg, idx = self.cfg, self.data.indices("train")
+        for start in range(0, len(idx), cfg.batch_size):
+            x = to_tensor(self.data.cache.pixels[idx[start : start + cfg.batch_size]], cfg.channels_last)
+            yield center_crop(x, cfg.augment.center_crop)
 
     def _train_epoch(self, epoch, model, opt, sched, loss_fn, bar) -> tuple[float, float]:
         cfg, gen = self.cfg, self._seed(epoch)
         model.train()
         order = self._order(epoch)
         n_steps = len(order) // cfg.batch_size  # drop the ragged last batch (BatchNorm)
+        if self.averager.swa_active(epoch):
+            sched = self.averager.scheduler(opt, self._lr_mults)
+        elif not steps_per_batch(sched):
+            sched = None  # plateau: stepped once per epoch on the validation score
         task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_steps, info="")
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for step in range(n_steps):
             idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
             x = augment(to_tensor(self.data.cache.pixels[idx], cfg.channels_last), cfg.augment, gen)
             y = {t: torch.from_numpy(self.data.targets[t][idx]) for t in TASKS}
-            out = model(x)
-            if "all" in out:
-                loss, _ = loss_fn({}, y, joint=class18_log_probs(out))
-            else:
-                loss, _ = loss_fn(task_log_probs(out), y)
+            loss = self._batch_loss(model, x, y, gen, loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
+            self.averager.after_step(model)
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             rate = seen / (time.perf_counter() - t0)
@@ -141,13 +178,17 @@ class Trainer:
                 task = bar.add_task("caching images", total=None, info="")
                 self.data = prepare_for(cfg, lambda d, n: bar.update(task, completed=d, total=n))
                 bar.remove_task(task)
+            if cfg.data.corrections:
+                self._apply_corrections()
             write_split(self.data, self.out / "split.csv")
             self.data.bad_images().to_csv(self.out / "bad_images.csv", index=False)
             model, opt, sched, loss_fn = self._build()
             state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": [], "stale": 0}
             if resume and (self.out / "last.pt").is_file():
                 ckpt = load_checkpoint(self.out / "last.pt")
-                model.load_state_dict(ckpt["model"])
+                model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
+                # Before the optimizer state: creating SWALR may touch the groups' lr.
+                self.averager.load_state_dict(ckpt.get("averager", {}), opt, self._lr_mults)
                 opt.load_state_dict(ckpt["optimizer"])
                 sched.load_state_dict(ckpt["scheduler"])
                 state = ckpt["state"]
@@ -159,7 +200,12 @@ class Trainer:
                 epoch = state["epoch"]
                 train_loss, rate = self._train_epoch(epoch, model, opt, sched, loss_fn, bar)
                 rates.append(rate)
-                val = self.validate(model) if len(self.data.indices("val")) else {"score": -train_loss}
+                self.averager.after_epoch(model, epoch, self._bn_batches)
+                eval_model = self.averager.eval_model(model)
+                val = (self.validate(eval_model) if len(self.data.indices("val"))
+                       else {"score": -train_loss})
+                if not steps_per_batch(sched) and not self.averager.swa_active(epoch):
+                    sched.step(val["score"])
                 record = {"epoch": epoch + 1, "train_loss": train_loss, "images_per_s": rate,
                           "val_score": val["score"], "lr": opt.param_groups[-1]["lr"],
                           **{f"val_{t}_f1": val[t]["macro_f1"] for t in (*TASKS, "class18") if t in val}}
@@ -171,9 +217,12 @@ class Trainer:
                     save_checkpoint(self.out / "best.pt", self._payload(model, state))
                 else:
                     state["stale"] += 1
+                extra = {}
+                if self.averager.kind:  # "model" holds the average; keep what resume needs
+                    extra = {"raw_model": model.state_dict(), "averager": self.averager.state_dict()}
                 save_checkpoint(self.out / "last.pt", {
                     **self._payload(model, state), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "rng": rng_state()})
+                    "scheduler": sched.state_dict(), "rng": rng_state(), **extra})
                 self._log(record, writer)
                 log.info("epoch %d: loss %.4f, %.1f img/s, val %s%s", epoch + 1, train_loss, rate,
                          summary_line(val), " (best)" if improved else "")
@@ -186,7 +235,18 @@ class Trainer:
                          float(np.mean(rates)) if rates else 0.0, time.perf_counter() - t_start)
 
     def _payload(self, model, state) -> dict:
-        return {"config": self.cfg.to_dict(), "model": model.state_dict(), "state": state}
+        return {"config": self.cfg.to_dict(), "model": self.averager.eval_model(model).state_dict(),
+                "state": state}
+
+    def _apply_corrections(self) -> None:
+        path = self.cfg.data.corrections
+        try:
+            from facelab.data.corrections import apply_corrections
+        except ImportError as exc:
+            raise ConfigError(f"data.corrections={path!r} needs facelab.data.corrections, which "
+                              f"this installation lacks ({exc}); remove the setting") from exc
+        changed = apply_corrections(self.data, path)
+        log.info("label corrections %s: %d rows changed", path, changed)
 
     def _tensorboard(self):
         try:
