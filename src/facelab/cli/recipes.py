@@ -131,7 +131,8 @@ def clean_cmd(
         from facelab.train.config import load_config
         from facelab.train.trainer import prepare_for
 
-        data = prepare_for(load_config(config, set_))
+        # every row gets an out-of-fold probability, so no train/val/test split is needed
+        data = prepare_for(load_config(config, [*set_, "data.test_fraction=0", "data.val_fraction=0"]))
         table = quick_oof(data, folds)
         pixels = data.cache.pixels
         out = out or Path("runs/clean")

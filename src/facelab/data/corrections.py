@@ -5,9 +5,9 @@ file). Each row names one image, one task, the label it has now and the label it
 
     path,task,old,new
     /data/utk/images/23_1_0_x.jpg,gender,female,male
-    /data/masks/images/m12.jpg#10,20,40,60,mask,correct,incorrect
+    /data/masks/images/m12.jpg#10_20_40_60,mask,correct,incorrect
 
-`path` is the row key (see :func:`row_keys`): the image path, plus `#x1,y1,x2,y2` when one
+`path` is the row key (see :func:`row_keys`): the image path, plus `#x1_y1_x2_y2` when one
 image holds several faces; a sample id or a path relative to the CSV's folder also works.
 A blank `new` keeps the label (rows not yet reviewed); `new = missing` removes the label.
 """
@@ -27,19 +27,20 @@ _MISSING_WORDS = {"missing", "unknown", "?", "-1"}
 
 
 def row_keys(table: pd.DataFrame) -> np.ndarray:
-    """A unique key per sample-table row: its path, plus the box when a path repeats.
+    """A unique key per sample-table row: its path, plus the box when a path repeats (no
+    commas, so the key needs no quoting in a hand-edited CSV).
 
     Example:
         >>> t = pd.DataFrame({"path": ["a.jpg", "b.jpg", "b.jpg"], "x1": [0, 1, 5],
         ...                   "y1": [0, 2, 6], "x2": [9, 3, 7], "y2": [9, 4, 8]})
         >>> row_keys(t).tolist()
-        ['a.jpg', 'b.jpg#1,2,3,4', 'b.jpg#5,6,7,8']
+        ['a.jpg', 'b.jpg#1_2_3_4', 'b.jpg#5_6_7_8']
     """
     paths = table["path"].astype(str).to_numpy()
     repeated = pd.Series(paths).duplicated(keep=False).to_numpy()
     keys = paths.astype(object).copy()
     for i in np.flatnonzero(repeated):
-        box = ",".join(str(int(v)) if np.isfinite(v) else "nan"
+        box = "_".join(str(int(v)) if np.isfinite(v) else "nan"
                        for v in table.iloc[i][["x1", "y1", "x2", "y2"]].astype(float))
         keys[i] = f"{paths[i]}#{box}"
     return keys

@@ -49,9 +49,10 @@ def prediction_frame(base: pd.DataFrame, probs: dict[str, np.ndarray], ok: np.nd
     ok = np.asarray(ok, bool)
     out = pd.DataFrame({"sample_id": base["sample_id"].to_numpy(), "path": base["path"].to_numpy(),
                         "ok": ok})
-    frame = probs_to_frame({t: p[ok] for t, p in probs.items()}, np.flatnonzero(ok), len(ok))
-    out = pd.concat([out, frame], axis=1)
-    for task in TASKS:
+    for task in TASKS:  # column order as facelab.predict.predict.predict_table writes it
+        p = np.where(ok[:, None], probs[task], np.nan)
+        for j, col in enumerate(prob_columns(task)):
+            out[col] = p[:, j]
         out[task] = np.where(ok, np.nan_to_num(probs[task]).argmax(1), -1)
     ans = encode_array(out["mask"], out["gender"], out["age"])
     if not ok.all():
