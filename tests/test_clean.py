@@ -34,11 +34,25 @@ def synthetic_oof(tmp_path: Path, n: int = 40) -> pd.DataFrame:
         path = tmp_path / f"img{i}.png"
         Image.fromarray(np.full((20, 20, 3), 10 * i % 255, np.uint8)).save(path)
         paths.append(str(path))
-    return pd.DataFrame({"row": range(n), "key": paths, "sample_id": [Path(q).name for q in paths],
-                         "path": paths, "x1": np.nan, "y1": np.nan, "x2": np.nan, "y2": np.nan,
-                         "y_gender": y_given, "p_gender_male": 1 - p, "p_gender_female": p,
-                         "y_mask": MISSING, "p_mask_correct": 1 / 3, "p_mask_incorrect": 1 / 3,
-                         "p_mask_none": 1 / 3})
+    return pd.DataFrame(
+        {
+            "row": range(n),
+            "key": paths,
+            "sample_id": [Path(q).name for q in paths],
+            "path": paths,
+            "x1": np.nan,
+            "y1": np.nan,
+            "x2": np.nan,
+            "y2": np.nan,
+            "y_gender": y_given,
+            "p_gender_male": 1 - p,
+            "p_gender_female": p,
+            "y_mask": MISSING,
+            "p_mask_correct": 1 / 3,
+            "p_mask_incorrect": 1 / 3,
+            "p_mask_none": 1 / 3,
+        }
+    )
 
 
 def test_an_obviously_wrong_label_ranks_first(tmp_path):
@@ -64,16 +78,28 @@ def test_review_page_embeds_thumbnails_from_cache_or_files(tmp_path):
     pixels = np.zeros((40, 8, 8, 3), np.uint8)
     page = write_review_page(ranked, tmp_path / "a.html", pixels, top=5).read_text()
     assert page.count("data:image/png;base64,") == 5 and "female" in page and "&rarr;" in page
-    from_files = write_review_page(ranked.drop(columns="row"), tmp_path / "b.html", top=3).read_text()
+    from_files = write_review_page(
+        ranked.drop(columns="row"), tmp_path / "b.html", top=3
+    ).read_text()
     assert from_files.count("data:image/png;base64,") == 3
 
 
 def fake_data(tmp_path: Path):
-    table = pd.DataFrame({"path": [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), str(tmp_path / "b.jpg")],
-                          "x1": [np.nan, 0, 10], "y1": [np.nan, 0, 10], "x2": [np.nan, 5, 20],
-                          "y2": [np.nan, 5, 20], "sample_id": ["a.jpg", "b#1", "b#2"]})
-    targets = {"mask": np.array([0, 2, 0]), "gender": np.array([0, 1, MISSING]),
-               "age": np.array([0, 1, 2])}
+    table = pd.DataFrame(
+        {
+            "path": [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), str(tmp_path / "b.jpg")],
+            "x1": [np.nan, 0, 10],
+            "y1": [np.nan, 0, 10],
+            "x2": [np.nan, 5, 20],
+            "y2": [np.nan, 5, 20],
+            "sample_id": ["a.jpg", "b#1", "b#2"],
+        }
+    )
+    targets = {
+        "mask": np.array([0, 2, 0]),
+        "gender": np.array([0, 1, MISSING]),
+        "age": np.array([0, 1, 2]),
+    }
     return SimpleNamespace(table=table, targets=targets)
 
 
@@ -86,11 +112,14 @@ def test_apply_corrections_changes_targets(tmp_path):
     data = fake_data(tmp_path)
     keys = row_keys(data.table)
     assert keys[1] == f"{tmp_path}/b.jpg#0_0_5_5"
-    csv = write(tmp_path / "c.csv", "path,task,old,new,note\n"
-                f"{keys[0]},gender,male,female,x\n"
-                f"{keys[1]},mask,none,incorrect,\n"
-                f"{keys[2]},age,>=60,missing,\n"
-                "a.jpg,mask,correct,,not reviewed\n")  # relative to the CSV's folder; blank new
+    csv = write(
+        tmp_path / "c.csv",
+        "path,task,old,new,note\n"
+        f"{keys[0]},gender,male,female,x\n"
+        f"{keys[1]},mask,none,incorrect,\n"
+        f"{keys[2]},age,>=60,missing,\n"
+        "a.jpg,mask,correct,,not reviewed\n",
+    )  # relative to the CSV's folder; blank new
     assert apply_corrections(data, csv) == 3
     assert data.targets["gender"][0] == 1 and data.targets["mask"].tolist() == [0, 1, 0]
     assert data.targets["age"][2] == MISSING
@@ -103,15 +132,21 @@ def test_apply_corrections_makes_read_only_targets_writable(tmp_path):
     assert apply_corrections(data, csv) == 1 and data.targets["gender"][0] == 1
 
 
-@pytest.mark.parametrize("text, message", [
-    ("path,task,label\nx,gender,male\n", "missing column"),
-    ("path,task,old,new\n{d}/zzz.jpg,gender,male,female\n", "zzz.jpg' matches no image"),
-    ("path,task,old,new\n{d}/a.jpg,gender,male,robot\n", "unknown gender label 'robot'"),
-    ("path,task,old,new\n{d}/a.jpg,colour,male,female\n", "unknown task 'colour'"),
-    ("path,task,old,new\n{d}/a.jpg,gender,female,male\n", "has gender label 'male', not old='female'"),
-    ("path,task,old,new\n{d}/a.jpg,age,<30,old\n", "unknown age label 'old'"),
-    ("path,task,old,new\n{d}/a.jpg,mask,,none\n{d}/a.jpg,mask,,correct\n", "more than once"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("path,task,label\nx,gender,male\n", "missing column"),
+        ("path,task,old,new\n{d}/zzz.jpg,gender,male,female\n", "zzz.jpg' matches no image"),
+        ("path,task,old,new\n{d}/a.jpg,gender,male,robot\n", "unknown gender label 'robot'"),
+        ("path,task,old,new\n{d}/a.jpg,colour,male,female\n", "unknown task 'colour'"),
+        (
+            "path,task,old,new\n{d}/a.jpg,gender,female,male\n",
+            "has gender label 'male', not old='female'",
+        ),
+        ("path,task,old,new\n{d}/a.jpg,age,<30,old\n", "unknown age label 'old'"),
+        ("path,task,old,new\n{d}/a.jpg,mask,,none\n{d}/a.jpg,mask,,correct\n", "more than once"),
+    ],
+)
 def test_apply_corrections_errors_name_the_file(tmp_path, text, message):
     csv = write(tmp_path / "corr.csv", text.format(d=tmp_path))
     with pytest.raises(DataFormatError, match=message) as err:
@@ -123,13 +158,21 @@ def test_apply_corrections_errors_name_the_file(tmp_path, text, message):
 
 def facelab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "facelab", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "facelab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_clean_cli_from_oof_file(tmp_path):
     synthetic_oof(tmp_path).to_csv(tmp_path / "oof.csv", index=False)
-    r = facelab("clean", "--oof", str(tmp_path / "oof.csv"), "--top", "10", "--prefill", cwd=tmp_path)
+    r = facelab(
+        "clean", "--oof", str(tmp_path / "oof.csv"), "--top", "10", "--prefill", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     out = tmp_path / "clean"
     corr = pd.read_csv(out / "corrections.csv")
@@ -143,8 +186,19 @@ def test_clean_cli_from_oof_file(tmp_path):
 def test_clean_cli_quick_on_tiny_competition(competition, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{competition}'}}\n")
-    r = facelab("clean", "--quick", "-c", str(cfg), "--set", "data.image_size=32", "--folds", "2",
-                "-o", str(tmp_path / "q"), cwd=tmp_path)
+    r = facelab(
+        "clean",
+        "--quick",
+        "-c",
+        str(cfg),
+        "--set",
+        "data.image_size=32",
+        "--folds",
+        "2",
+        "-o",
+        str(tmp_path / "q"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     oof = pd.read_csv(tmp_path / "q" / "oof.csv")
     assert len(oof) == 84 and oof.groupby("person")["fold"].nunique().max() == 1
@@ -155,8 +209,8 @@ def test_clean_cli_quick_on_tiny_competition(competition, tmp_path):
 def test_quick_oof_finds_planted_label_errors_on_real_mask_crops(tmp_path, monkeypatch):
     """Flip 10% of with_mask/without_mask labels of 400 real face crops; measure precision@k."""
     import torch
-
     from conftest import real_data
+
     from facelab.clean.quick import quick_oof
     from facelab.data.cache import PixelSettings
     from facelab.data.formats import SourceSpec
@@ -167,11 +221,21 @@ def test_quick_oof_finds_planted_label_errors_on_real_mask_crops(tmp_path, monke
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     boxes = pd.read_csv(root / "boxes.csv")
-    sub = pd.concat([boxes[boxes["label"] == lab].sample(200, random_state=0)
-                     for lab in ("with_mask", "without_mask")])
+    sub = pd.concat(
+        [
+            boxes[boxes["label"] == lab].sample(200, random_state=0)
+            for lab in ("with_mask", "without_mask")
+        ]
+    )
     sub.to_csv(tmp_path / "boxes.csv", index=False)
-    data = prepare([SourceSpec("boxes", str(tmp_path / "boxes.csv"), "fmd", str(root))],
-                   PixelSettings(size=96), AgeScheme(), 0.0, 0.0, 0)
+    data = prepare(
+        [SourceSpec("boxes", str(tmp_path / "boxes.csv"), "fmd", str(root))],
+        PixelSettings(size=96),
+        AgeScheme(),
+        0.0,
+        0.0,
+        0,
+    )
     y = data.targets["mask"].copy()
     rng = np.random.default_rng(0)
     flipped = rng.choice(np.flatnonzero(y != MISSING), size=len(y) // 10, replace=False)
@@ -180,6 +244,8 @@ def test_quick_oof_finds_planted_label_errors_on_real_mask_crops(tmp_path, monke
     ranked = rank_label_issues(quick_oof(data, folds=5, seed=0), ["mask"])
     k = len(flipped)
     precision = len(set(ranked["row"].head(k)) & set(flipped)) / k
-    print(f"planted errors: {k} of {len(y)}, precision@{k} = {precision:.3f}, "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"planted errors: {k} of {len(y)}, precision@{k} = {precision:.3f}, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     assert precision >= 0.6  # measured 0.80 (mobilenet_v2 ImageNet features, 96 px, CV'd C)

@@ -11,21 +11,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_competition
+
 from facelab.data.labels import TASKS
 from facelab.errors import CheckpointError, ConfigError
 from facelab.predict.ensemble import expand_runs, hard_vote, soft_vote, vote
 
 FOLDS = 3
-TINY = ["model.backbone=mobilenet_v3_small", "model.pretrained=''", "data.image_size=32",
-        "batch_size=8", "epochs=1", "threads=1", "data.test_fraction=0.25", "optim.lr=0.003"]
+TINY = [
+    "model.backbone=mobilenet_v3_small",
+    "model.pretrained=''",
+    "data.image_size=32",
+    "batch_size=8",
+    "epochs=1",
+    "threads=1",
+    "data.test_fraction=0.25",
+    "optim.lr=0.003",
+]
 
 
 def facelab(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FACELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "facelab", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "facelab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +50,27 @@ def kf(tmp_path_factory):
     cfg = root / "c.yaml"
     cfg.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{comp}'}}\n")
     sets = [x for s in TINY for x in ("--set", s)]
-    r = facelab("kfold", "-c", str(cfg), "--folds", str(FOLDS), "-o", str(root / "kf"), *sets,
-                cwd=root, cache=root / "cache")
+    r = facelab(
+        "kfold",
+        "-c",
+        str(cfg),
+        "--folds",
+        str(FOLDS),
+        "-o",
+        str(root / "kf"),
+        *sets,
+        cwd=root,
+        cache=root / "cache",
+    )
     assert r.returncode == 0, r.stderr
-    return {"root": root, "comp": comp, "cfg": cfg, "out": root / "kf", "sets": sets, "stdout": r.stdout}
+    return {
+        "root": root,
+        "comp": comp,
+        "cfg": cfg,
+        "out": root / "kf",
+        "sets": sets,
+        "stdout": r.stdout,
+    }
 
 
 @pytest.fixture
@@ -83,8 +114,18 @@ def test_resume_skips_finished_folds_and_continues_an_interrupted_one(kf, data):
 
     out = kf["out"]
     stamps = {k: (out / f"fold_{k}" / "best.pt").stat().st_mtime_ns for k in range(FOLDS)}
-    r = facelab("kfold", "-c", str(kf["cfg"]), "--folds", str(FOLDS), "-o", str(out), *kf["sets"],
-                cwd=kf["root"], cache=kf["root"] / "cache")
+    r = facelab(
+        "kfold",
+        "-c",
+        str(kf["cfg"]),
+        "--folds",
+        str(FOLDS),
+        "-o",
+        str(out),
+        *kf["sets"],
+        cwd=kf["root"],
+        cache=kf["root"] / "cache",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("skipped (finished before)") == FOLDS
     # fold 1 "interrupted" after its last epoch but before done.json: resumed, not retrained
@@ -130,12 +171,26 @@ def test_ensemble_cli_writes_the_predict_files(kf, data):
     from facelab.predict.predict import input_table, predict_table
 
     root = kf["root"]
-    r = facelab("ensemble", str(kf["out"]), "--vote", "soft", "--tta", "--competition",
-                str(kf["comp"]), "-o", str(root / "ens.csv"), cwd=root, cache=root / "cache")
+    r = facelab(
+        "ensemble",
+        str(kf["out"]),
+        "--vote",
+        "soft",
+        "--tta",
+        "--competition",
+        str(kf["comp"]),
+        "-o",
+        str(root / "ens.csv"),
+        cwd=root,
+        cache=root / "cache",
+    )
     assert r.returncode == 0, r.stderr
     sub = pd.read_csv(root / "submission.csv")
     info = pd.read_csv(kf["comp"] / "eval" / "info.csv")
-    assert list(sub.columns) == ["ImageID", "ans"] and sub["ImageID"].tolist() == info["ImageID"].tolist()
+    assert (
+        list(sub.columns) == ["ImageID", "ans"]
+        and sub["ImageID"].tolist() == info["ImageID"].tolist()
+    )
     assert sub["ans"].between(0, 17).all()
     ens = pd.read_csv(root / "ens.csv")
     table = input_table(competition=str(kf["comp"]))
@@ -143,8 +198,16 @@ def test_ensemble_cli_writes_the_predict_files(kf, data):
     assert list(ens.columns) == list(parts[0].columns)
     cols = [c for c in ens.columns if c.startswith("p_")]
     assert np.allclose(ens[cols], np.mean([p[cols].to_numpy() for p in parts], 0), atol=1e-5)
-    r = facelab("ensemble", str(kf["out"]), "--vote", "hard", "--split", "test", cwd=root,
-                cache=root / "cache")
+    r = facelab(
+        "ensemble",
+        str(kf["out"]),
+        "--vote",
+        "hard",
+        "--split",
+        "test",
+        cwd=root,
+        cache=root / "cache",
+    )
     assert r.returncode == 0, r.stderr
     assert "hard vote" in r.stdout and "score" in r.stdout
 
@@ -156,7 +219,11 @@ def test_hard_vote_majority_and_tie_break():
     h = hard_vote([a, b, c])["t"]
     assert h[0].argmax() == 1  # two of three say 1
     # majority beats a confident minority: soft voting would pick class 0 here
-    m = [{"t": np.array([[0.99, 0.01]])}, {"t": np.array([[0.4, 0.6]])}, {"t": np.array([[0.4, 0.6]])}]
+    m = [
+        {"t": np.array([[0.99, 0.01]])},
+        {"t": np.array([[0.4, 0.6]])},
+        {"t": np.array([[0.4, 0.6]])},
+    ]
     assert soft_vote(m)["t"][0].argmax() == 0 and hard_vote(m)["t"][0].argmax() == 1
     # row 1: one vote each; the tie goes to the highest mean probability (class 1: 0.4)
     assert h[1].argmax() == 1 and np.allclose(h.sum(1), 1)

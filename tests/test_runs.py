@@ -17,9 +17,15 @@ from facelab.train.config import load_config
 def make_run(folder: Path, overrides: list[str], scores: list[float]) -> Path:
     folder.mkdir(parents=True)
     load_config(None, overrides).save(folder / "config.yaml")
-    pd.DataFrame({"epoch": range(1, len(scores) + 1), "train_loss": 1.0, "val_score": scores,
-                  "val_mask_f1": [s + 0.1 for s in scores], "val_gender_f1": scores}).to_csv(
-        folder / "metrics.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": range(1, len(scores) + 1),
+            "train_loss": 1.0,
+            "val_score": scores,
+            "val_mask_f1": [s + 0.1 for s in scores],
+            "val_gender_f1": scores,
+        }
+    ).to_csv(folder / "metrics.csv", index=False)
     return folder
 
 
@@ -64,8 +70,14 @@ def test_runs_cli_table_csv_and_plot(tmp_path):
     make_run(tmp_path / "runs" / "a", ["optim.lr=0.123"], [0.4, 0.5])
     make_run(tmp_path / "runs" / "b", ["data.image_size=96"], [0.55])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "facelab", "runs", "runs", "--csv", "r.csv", "--plot",
-                        "curves.png"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "facelab", "runs", "runs", "--csv", "r.csv", "--plot", "curves.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "2 run(s)" in r.stdout and "optim.lr=0.123" in r.stdout
     csv = pd.read_csv(tmp_path / "r.csv")

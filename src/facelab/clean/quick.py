@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def backbone_features(pixels: np.ndarray, rows: np.ndarray, backbone: str = "mobilenet_v2",
-                      pretrained: str = "imagenet", batch_size: int = 64) -> np.ndarray:
+def backbone_features(
+    pixels: np.ndarray,
+    rows: np.ndarray,
+    backbone: str = "mobilenet_v2",
+    pretrained: str = "imagenet",
+    batch_size: int = 64,
+) -> np.ndarray:
     """(len(rows), F) pooled features of a frozen backbone for uint8 (N, S, S, 3) pixels."""
     from facelab.models.backbone import create_backbone
 
@@ -42,8 +47,9 @@ def backbone_features(pixels: np.ndarray, rows: np.ndarray, backbone: str = "mob
     return np.concatenate(out) if out else np.zeros((0, net.num_features), np.float32)
 
 
-def probe_probs(feats: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int,
-                C: float = 0.0) -> np.ndarray:
+def probe_probs(
+    feats: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, C: float = 0.0
+) -> np.ndarray:
     """Out-of-fold (N, k) probabilities of a logistic regression; NaN where no fold model fits.
 
     Rows with y == MISSING are predicted but never trained on. C <= 0 picks C per fold by
@@ -57,8 +63,9 @@ def probe_probs(feats: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: 
         if C > 0:
             lr = LogisticRegression(C=C, max_iter=2000)
         else:  # pick the L2 strength by inner 3-fold log loss: few samples, many features
-            lr = LogisticRegressionCV(Cs=np.logspace(-4, 0, 5), cv=3, scoring="neg_log_loss",
-                                      max_iter=2000)
+            lr = LogisticRegressionCV(
+                Cs=np.logspace(-4, 0, 5), cv=3, scoring="neg_log_loss", max_iter=2000
+            )
         clf = make_pipeline(StandardScaler(), lr)
         clf.fit(feats[train], y[train])
         p = np.zeros(((folds == k).sum(), n_classes))
@@ -67,8 +74,15 @@ def probe_probs(feats: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: 
     return probs
 
 
-def quick_oof(data: PreparedData, folds: int = 5, seed: int = 0, splits=("train", "val", "test"),
-              backbone: str = "mobilenet_v2", pretrained: str = "imagenet", C: float = 0.0) -> pd.DataFrame:
+def quick_oof(
+    data: PreparedData,
+    folds: int = 5,
+    seed: int = 0,
+    splits=("train", "val", "test"),
+    backbone: str = "mobilenet_v2",
+    pretrained: str = "imagenet",
+    C: float = 0.0,
+) -> pd.DataFrame:
     """Out-of-fold probabilities (oof.csv layout) for the decoded rows of `splits`.
 
     By default every split is included: a wrong label hurts in the test split too, and
@@ -81,5 +95,7 @@ def quick_oof(data: PreparedData, folds: int = 5, seed: int = 0, splits=("train"
     fold_of = kfold_assign(data.table.iloc[rows].reset_index(drop=True), folds, seed)
     log.info("quick OOF: features of %d images (%s, frozen)", len(rows), backbone)
     feats = backbone_features(data.cache.pixels, rows, backbone, pretrained)
-    probs = {t: probe_probs(feats, data.targets[t][rows], fold_of, TASK_CLASSES[t], C) for t in TASKS}
+    probs = {
+        t: probe_probs(feats, data.targets[t][rows], fold_of, TASK_CLASSES[t], C) for t in TASKS
+    }
     return pd.concat([row_frame(data, rows).assign(fold=fold_of), probs_to_frame(probs)], axis=1)

@@ -15,8 +15,9 @@ from facelab.predict.probs import prob_columns
 log = logging.getLogger(__name__)
 
 
-def rank_label_issues(oof: pd.DataFrame, tasks=TASKS,
-                      filter_by: str = "prune_by_noise_rate") -> pd.DataFrame:
+def rank_label_issues(
+    oof: pd.DataFrame, tasks=TASKS, filter_by: str = "prune_by_noise_rate"
+) -> pd.DataFrame:
     """One row per (image, task) with a known label, most likely wrong first.
 
     `oof` has y_<task> labels and p_<task>_<class> out-of-fold probabilities (oof.csv from
@@ -36,8 +37,10 @@ def rank_label_issues(oof: pd.DataFrame, tasks=TASKS,
 
     missing = [c for c in ["key"] if c not in oof.columns]
     if missing:
-        raise DataFormatError(f"out-of-fold table lacks column(s) {missing}; use oof.csv from "
-                              "`facelab kfold` or `facelab clean --quick`")
+        raise DataFormatError(
+            f"out-of-fold table lacks column(s) {missing}; use oof.csv from "
+            "`facelab kfold` or `facelab clean --quick`"
+        )
     parts = []
     for task in tasks:
         cols = prob_columns(task)
@@ -55,33 +58,50 @@ def rank_label_issues(oof: pd.DataFrame, tasks=TASKS,
         sub = oof.loc[keep].reset_index(drop=True)
         suggested = p.argmax(1)
         names = np.array(CLASS_NAMES[task])
-        parts.append(pd.DataFrame({
-            **{c: sub[c] for c in ("key", "row", "sample_id", "path", "x1", "y1", "x2", "y2")
-               if c in sub.columns},
-            "task": task, "given": names[y], "suggested": names[suggested],
-            "confidence": p[np.arange(len(p)), suggested], "quality": quality, "is_issue": issue,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    **{
+                        c: sub[c]
+                        for c in ("key", "row", "sample_id", "path", "x1", "y1", "x2", "y2")
+                        if c in sub.columns
+                    },
+                    "task": task,
+                    "given": names[y],
+                    "suggested": names[suggested],
+                    "confidence": p[np.arange(len(p)), suggested],
+                    "quality": quality,
+                    "is_issue": issue,
+                }
+            )
+        )
     if not parts:
         raise DataFormatError("no task has known labels and probabilities to rank")
     ranked = pd.concat(parts, ignore_index=True)
-    ranked = ranked.sort_values(["is_issue", "quality"], ascending=[False, True], kind="stable",
-                                ignore_index=True)
+    ranked = ranked.sort_values(
+        ["is_issue", "quality"], ascending=[False, True], kind="stable", ignore_index=True
+    )
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     return ranked
 
 
-def corrections_template(ranked: pd.DataFrame, top: int | None = None,
-                         prefill: bool = False) -> pd.DataFrame:
+def corrections_template(
+    ranked: pd.DataFrame, top: int | None = None, prefill: bool = False
+) -> pd.DataFrame:
     """The corrections CSV to review: path,task,old,new (+ suggested, confidence, rank).
 
     `new` is blank (keep) unless `prefill`, where it holds the suggestion; a reviewer fills
     or clears it. Candidates are the flagged issues, or the `top` ranked rows when given.
     """
     rows = ranked.head(top) if top else ranked[ranked["is_issue"]]
-    return pd.DataFrame({
-        "path": rows["key"].to_numpy(), "task": rows["task"].to_numpy(),
-        "old": rows["given"].to_numpy(),
-        "new": rows["suggested"].to_numpy() if prefill else "",
-        "suggested": rows["suggested"].to_numpy(), "confidence": rows["confidence"].round(4).to_numpy(),
-        "rank": rows["rank"].to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "path": rows["key"].to_numpy(),
+            "task": rows["task"].to_numpy(),
+            "old": rows["given"].to_numpy(),
+            "new": rows["suggested"].to_numpy() if prefill else "",
+            "suggested": rows["suggested"].to_numpy(),
+            "confidence": rows["confidence"].round(4).to_numpy(),
+            "rank": rows["rank"].to_numpy(),
+        }
+    )

@@ -26,15 +26,23 @@ def thumbnail(rec: pd.Series, pixels: np.ndarray | None, size: int, decoder: Row
     (its face box cropped); '' when the image cannot be read."""
     if pixels is not None and "row" in rec and pd.notna(rec["row"]):
         return _png_b64(pixels[int(rec["row"])], size)
-    row = pd.Series({c: rec.get(c, np.nan) for c in ("x1", "y1", "x2", "y2")} | {"path": rec["path"]})
+    row = pd.Series(
+        {c: rec.get(c, np.nan) for c in ("x1", "y1", "x2", "y2")} | {"path": rec["path"]}
+    )
     try:
         return _png_b64(decoder(row)[0], size)
     except FacelabError:
         return ""
 
 
-def write_review_page(ranked: pd.DataFrame, path: str | Path, pixels: np.ndarray | None = None,
-                      top: int = 200, thumb: int = 96, title: str = "facelab label review") -> Path:
+def write_review_page(
+    ranked: pd.DataFrame,
+    path: str | Path,
+    pixels: np.ndarray | None = None,
+    top: int = 200,
+    thumb: int = 96,
+    title: str = "facelab label review",
+) -> Path:
     """An HTML page of the `top` ranked labels: thumbnail, task, given -> suggested, confidence.
 
     Example:
@@ -46,25 +54,37 @@ def write_review_page(ranked: pd.DataFrame, path: str | Path, pixels: np.ndarray
     cards = []
     for _, rec in ranked.head(top).iterrows():
         img = thumbnail(rec, pixels, thumb, decoder)
-        pic = f"<img src='data:image/png;base64,{img}' width={thumb} height={thumb}>" if img else "<div class=na>unreadable</div>"
+        pic = (
+            f"<img src='data:image/png;base64,{img}' width={thumb} height={thumb}>"
+            if img
+            else "<div class=na>unreadable</div>"
+        )
         flag = " issue" if rec.get("is_issue", False) else ""
         cards.append(
             f"<div class='card{flag}'>{pic}<div><b>#{int(rec['rank'])}</b> {html.escape(str(rec['task']))}"
             f"</div><div>{html.escape(str(rec['given']))} &rarr; <b>{html.escape(str(rec['suggested']))}</b>"
             f"</div><div>conf {rec['confidence']:.2f} &middot; q {rec['quality']:.2f}</div>"
-            f"<div class=key title='{html.escape(str(rec['key']))}'>{html.escape(Path(str(rec['path'])).name)}</div></div>")
+            f"<div class=key title='{html.escape(str(rec['key']))}'>{html.escape(Path(str(rec['path'])).name)}</div></div>"
+        )
     n_issue = int(ranked["is_issue"].sum()) if "is_issue" in ranked else 0
-    style = ("body{font-family:sans-serif;margin:1.5em;color:#222}.grid{display:flex;flex-wrap:wrap;gap:8px}"
-             ".card{border:1px solid #ccc;padding:4px;width:" + str(thumb + 40) + "px;font-size:12px}"
-             ".card.issue{border-color:#d33;background:#fff4f4}.key{color:#777;overflow:hidden;"
-             "text-overflow:ellipsis;white-space:nowrap}.na{width:" + str(thumb) + "px;height:"
-             + str(thumb) + "px;background:#eee}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>{len(ranked)} labels ranked, {n_issue} flagged by confident learning (red). "
-            f"Showing the top {min(top, len(ranked))}: given label &rarr; suggested label, the "
-            "model's confidence in the suggestion and the label quality (probability of the given "
-            "label). Review them, then fill the <code>new</code> column of corrections.csv.</p>"
-            f"<div class=grid>{''.join(cards)}</div></body></html>")
+    style = (
+        "body{font-family:sans-serif;margin:1.5em;color:#222}.grid{display:flex;flex-wrap:wrap;gap:8px}"
+        ".card{border:1px solid #ccc;padding:4px;width:" + str(thumb + 40) + "px;font-size:12px}"
+        ".card.issue{border-color:#d33;background:#fff4f4}.key{color:#777;overflow:hidden;"
+        "text-overflow:ellipsis;white-space:nowrap}.na{width:"
+        + str(thumb)
+        + "px;height:"
+        + str(thumb)
+        + "px;background:#eee}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>{len(ranked)} labels ranked, {n_issue} flagged by confident learning (red). "
+        f"Showing the top {min(top, len(ranked))}: given label &rarr; suggested label, the "
+        "model's confidence in the suggestion and the label quality (probability of the given "
+        "label). Review them, then fill the <code>new</code> column of corrections.csv.</p>"
+        f"<div class=grid>{''.join(cards)}</div></body></html>"
+    )
     path.write_text(page)
     return path

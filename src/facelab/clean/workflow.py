@@ -29,17 +29,26 @@ def read_oof(path: str | Path) -> pd.DataFrame:
     """Read an oof.csv with a clear error when it is missing or is not one."""
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError(f"{path}: out-of-fold file not found; run `facelab kfold` first "
-                              "(it writes OUT/oof.csv) or use `facelab clean --quick`")
+        raise DataFormatError(
+            f"{path}: out-of-fold file not found; run `facelab kfold` first "
+            "(it writes OUT/oof.csv) or use `facelab clean --quick`"
+        )
     oof = pd.read_csv(path, dtype={"key": str, "path": str, "sample_id": str})
     if "key" not in oof.columns or not any(c.startswith("y_") for c in oof.columns):
-        raise DataFormatError(f"{path}: not an out-of-fold file (needs key, y_<task> and "
-                              "p_<task>_<class> columns)")
+        raise DataFormatError(
+            f"{path}: not an out-of-fold file (needs key, y_<task> and p_<task>_<class> columns)"
+        )
     return oof
 
 
-def clean_labels(oof: pd.DataFrame, out_dir: str | Path, pixels: np.ndarray | None = None,
-                 top: int = 200, prefill: bool = False, tasks=None) -> CleanResult:
+def clean_labels(
+    oof: pd.DataFrame,
+    out_dir: str | Path,
+    pixels: np.ndarray | None = None,
+    top: int = 200,
+    prefill: bool = False,
+    tasks=None,
+) -> CleanResult:
     """Rank, write ranked.csv, review.html (top rows, thumbnails) and corrections.csv.
 
     `pixels` (the PreparedData cache the oof rows index) gives thumbnails without decoding.

@@ -16,12 +16,18 @@ console = Console(stderr=True)
 
 @app.command("kfold")
 def kfold_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults if omitted)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML config (defaults if omitted)."
+    ),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of person-level folds."),
-    out: Path = typer.Option(Path("runs/kfold"), "--out", "-o", help="Folder for fold_0..fold_k-1 and oof.csv."),
+    out: Path = typer.Option(
+        Path("runs/kfold"), "--out", "-o", help="Folder for fold_0..fold_k-1 and oof.csv."
+    ),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. --set epochs=3"),
     resume: bool = typer.Option(True, help="Skip finished folds, continue an interrupted one."),
-    seed: Optional[int] = typer.Option(None, help="Fold assignment seed (default: data.split_seed)."),
+    seed: Optional[int] = typer.Option(
+        None, help="Fold assignment seed (default: data.split_seed)."
+    ),
 ) -> None:
     """Train k person-level folds (test split held out) and write out-of-fold predictions.
 
@@ -40,26 +46,43 @@ def kfold_cmd(
     for k, score in enumerate(res.fold_val_scores):
         state = "trained" if k in res.trained else "skipped (finished before)"
         console.print(f"fold {k}: val score {score:.4f}  {state}")
-    typer.echo(f"out-of-fold score {res.oof_metrics.get('score', 0):.4f} "
-               f"({len(res.oof)} rows): {out / 'oof.csv'}")
+    typer.echo(
+        f"out-of-fold score {res.oof_metrics.get('score', 0):.4f} "
+        f"({len(res.oof)} rows): {out / 'oof.csv'}"
+    )
     if res.test_metrics:
         s = np.array(res.test_fold_scores)
-        typer.echo(f"test: single folds {s.mean():.4f} +- {s.std():.4f}, soft-vote ensemble "
-                   f"{res.test_metrics['score']:.4f}")
+        typer.echo(
+            f"test: single folds {s.mean():.4f} +- {s.std():.4f}, soft-vote ensemble "
+            f"{res.test_metrics['score']:.4f}"
+        )
 
 
 @app.command("ensemble")
 def ensemble_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders, .pt checkpoints or k-fold folders."),
-    vote: str = typer.Option("soft", "--vote", help="soft (mean probabilities) or hard (majority)."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip TTA (default: as trained)."),
-    competition: Optional[Path] = typer.Option(None, help="Competition root holding eval/info.csv + eval/images/."),
+    vote: str = typer.Option(
+        "soft", "--vote", help="soft (mean probabilities) or hard (majority)."
+    ),
+    tta: Optional[bool] = typer.Option(
+        None, "--tta/--no-tta", help="Horizontal-flip TTA (default: as trained)."
+    ),
+    competition: Optional[Path] = typer.Option(
+        None, help="Competition root holding eval/info.csv + eval/images/."
+    ),
     csv: Optional[Path] = typer.Option(None, help="Labels CSV with an image column."),
     boxes: Optional[Path] = typer.Option(None, help="Boxes CSV (image,x1,y1,x2,y2)."),
     folder: Optional[Path] = typer.Option(None, help="Folder of images (recursive)."),
-    split: Optional[str] = typer.Option(None, help="Instead of predicting files, score this split (test) of the members' data."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Per-task probabilities CSV."),
-    submission: Optional[Path] = typer.Option(None, help="Also write ImageID,ans (default for --competition: submission.csv beside --out)."),
+    split: Optional[str] = typer.Option(
+        None, help="Instead of predicting files, score this split (test) of the members' data."
+    ),
+    out: Path = typer.Option(
+        Path("predictions.csv"), "--out", "-o", help="Per-task probabilities CSV."
+    ),
+    submission: Optional[Path] = typer.Option(
+        None,
+        help="Also write ImageID,ans (default for --competition: submission.csv beside --out).",
+    ),
 ) -> None:
     """Soft- or hard-vote several models (folds, checkpoints, architectures); same files as predict.
 
@@ -78,8 +101,12 @@ def ensemble_cmd(
         metrics = evaluate_ensemble(runs, None, split, vote, tta)
         typer.echo(f"{vote} vote of {len(runs)} input(s) on {split}: {summary_line(metrics)}")
         return
-    table = input_table(competition and str(competition), csv and str(csv), boxes and str(boxes),
-                        folder and str(folder))
+    table = input_table(
+        competition and str(competition),
+        csv and str(csv),
+        boxes and str(boxes),
+        folder and str(folder),
+    )
     preds, bad = predict_ensemble(runs, table, vote, tta)
     out.parent.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out, index=False)
@@ -92,21 +119,36 @@ def ensemble_cmd(
     if len(bad):
         bad_path = out.with_name(out.stem + "_unreadable.csv")
         bad.to_csv(bad_path, index=False)
-        typer.secho(f"{len(bad)} unreadable image(s) skipped, listed in {bad_path}",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"{len(bad)} unreadable image(s) skipped, listed in {bad_path}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 @app.command("clean")
 def clean_cmd(
     oof: Optional[Path] = typer.Option(None, help="oof.csv from `facelab kfold`."),
-    quick: bool = typer.Option(False, "--quick", help="No fine-tuning: frozen ImageNet MobileNetV2 features + logistic regression over person-level folds."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="No fine-tuning: frozen ImageNet MobileNetV2 features + logistic regression over person-level folds.",
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Data config for --quick."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override for --quick, e.g. --set data.image_size=96"),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override for --quick, e.g. --set data.image_size=96"
+    ),
     folds: int = typer.Option(5, "--folds", "-k", help="Folds for --quick."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: beside --oof, or runs/clean)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder (default: beside --oof, or runs/clean)."
+    ),
     top: int = typer.Option(200, help="Labels shown on the review page."),
-    prefill: bool = typer.Option(False, help="Fill corrections.csv `new` with the suggestions (else blank = keep)."),
-    task: list[str] = typer.Option([], "--task", "-t", help="Only these tasks (mask, gender, age)."),
+    prefill: bool = typer.Option(
+        False, help="Fill corrections.csv `new` with the suggestions (else blank = keep)."
+    ),
+    task: list[str] = typer.Option(
+        [], "--task", "-t", help="Only these tasks (mask, gender, age)."
+    ),
 ) -> None:
     """Rank the labels most likely wrong (confident learning) for review and correction.
 
@@ -132,7 +174,9 @@ def clean_cmd(
         from facelab.train.trainer import prepare_for
 
         # every row gets an out-of-fold probability, so no train/val/test split is needed
-        data = prepare_for(load_config(config, [*set_, "data.test_fraction=0", "data.val_fraction=0"]))
+        data = prepare_for(
+            load_config(config, [*set_, "data.test_fraction=0", "data.val_fraction=0"])
+        )
         table = quick_oof(data, folds)
         pixels = data.cache.pixels
         out = out or Path("runs/clean")
@@ -144,14 +188,18 @@ def clean_cmd(
     res = clean_labels(table, out, pixels, top, prefill, task or None)
     n_issue = int(res.ranked["is_issue"].sum())
     typer.echo(f"{len(res.ranked)} labels ranked, {n_issue} flagged as likely wrong")
-    typer.echo(f"review page: {res.page}\nranked: {res.ranked_csv}\ncorrections: {res.corrections_csv}")
+    typer.echo(
+        f"review page: {res.page}\nranked: {res.ranked_csv}\ncorrections: {res.corrections_csv}"
+    )
 
 
 @app.command("runs")
 def runs_cmd(
     root: Path = typer.Argument(Path("runs"), help="Folder searched recursively for runs."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of validation curves of the listed runs."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="PNG of validation curves of the listed runs."
+    ),
     metric: str = typer.Option("val_score", help="Curve metric for --plot (a metrics.csv column)."),
 ) -> None:
     """List runs (k-fold folds included): config, switches, epochs, best val score and F1.

@@ -40,8 +40,10 @@ def row_keys(table: pd.DataFrame) -> np.ndarray:
     repeated = pd.Series(paths).duplicated(keep=False).to_numpy()
     keys = paths.astype(object).copy()
     for i in np.flatnonzero(repeated):
-        box = "_".join(str(int(v)) if np.isfinite(v) else "nan"
-                       for v in table.iloc[i][["x1", "y1", "x2", "y2"]].astype(float))
+        box = "_".join(
+            str(int(v)) if np.isfinite(v) else "nan"
+            for v in table.iloc[i][["x1", "y1", "x2", "y2"]].astype(float)
+        )
         keys[i] = f"{paths[i]}#{box}"
     return keys
 
@@ -62,8 +64,10 @@ def parse_label(task: str, value: object, where: str) -> int:
             return names.index(text)
         if text in ("0", "1", "2"):
             return int(text)
-        raise DataFormatError(f"{where}: unknown age label {value!r}; use one of "
-                              f"{', '.join(CLASS_NAMES['age'])}, 0, 1, 2 or missing")
+        raise DataFormatError(
+            f"{where}: unknown age label {value!r}; use one of "
+            f"{', '.join(CLASS_NAMES['age'])}, 0, 1, 2 or missing"
+        )
     names = [n.lower() for n in CLASS_NAMES[task]]
     if text in names:
         return names.index(text)
@@ -82,17 +86,23 @@ def read_corrections(path: str | Path) -> pd.DataFrame:
     df.columns = [c.strip().lower() for c in df.columns]
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise DataFormatError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. "
-                              "A corrections file needs columns path,task,old,new")
+        raise DataFormatError(
+            f"{path}: missing column(s) {missing}; found {list(df.columns)}. "
+            "A corrections file needs columns path,task,old,new"
+        )
     df["task"] = df["task"].str.strip().str.lower()
     bad = df[~df["task"].isin(TASKS)]
     if len(bad):
-        raise DataFormatError(f"{path} row {bad.index[0] + 2}: unknown task {bad['task'].iloc[0]!r}; "
-                              f"use one of {', '.join(TASKS)}")
+        raise DataFormatError(
+            f"{path} row {bad.index[0] + 2}: unknown task {bad['task'].iloc[0]!r}; "
+            f"use one of {', '.join(TASKS)}"
+        )
     dup = df[df.duplicated(["path", "task"], keep=False)]
     if len(dup):
-        raise DataFormatError(f"{path} row {dup.index[0] + 2}: {dup['path'].iloc[0]} / "
-                              f"{dup['task'].iloc[0]} is corrected more than once; keep one row")
+        raise DataFormatError(
+            f"{path} row {dup.index[0] + 2}: {dup['path'].iloc[0]} / "
+            f"{dup['task'].iloc[0]} is corrected more than once; keep one row"
+        )
     return df
 
 
@@ -118,7 +128,8 @@ def apply_corrections(data, path: str | Path) -> int:
         i = lookup.get(key)
         if i is None:
             rel = str((path.parent / key.split("#")[0]).resolve()) + (
-                "#" + key.split("#", 1)[1] if "#" in key else "")
+                "#" + key.split("#", 1)[1] if "#" in key else ""
+            )
             i = lookup.get(rel, lookup_id.get(key))
         if i is None:
             unknown.append((line, key))
@@ -128,7 +139,8 @@ def apply_corrections(data, path: str | Path) -> int:
         raise DataFormatError(
             f"{path} row {line + 2}: {key!r} matches no image of the data "
             f"({len(unknown)} unknown path(s) in all); use the paths/keys that `facelab clean` "
-            "writes, or a path relative to the corrections file")
+            "writes, or a path relative to the corrections file"
+        )
     changed = 0
     for line, i, rec in zip(df.index, rows, df.itertuples(index=False)):
         where = f"{path} row {line + 2}"
@@ -141,7 +153,8 @@ def apply_corrections(data, path: str | Path) -> int:
             have = CLASS_NAMES[task][current] if current != MISSING else "missing"
             raise DataFormatError(
                 f"{where}: {rec.path} has {task} label {have!r}, not old={rec.old!r}; the file "
-                "was made for other data or labels (fix `old`, or leave it blank to skip the check)")
+                "was made for other data or labels (fix `old`, or leave it blank to skip the check)"
+            )
         if new != current:
             if not data.targets[task].flags.writeable:  # a read-only view of the table
                 data.targets[task] = data.targets[task].copy()

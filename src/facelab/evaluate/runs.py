@@ -26,8 +26,11 @@ _OWN_COLUMNS = {"model.backbone", "model.head", "data.image_size", "data.sources
 def find_runs(root: str | Path) -> list[Path]:
     """Run folders under `root` (itself included), sorted by path."""
     root = Path(root)
-    found = {p.parent for p in root.rglob("config.yaml")
-             if (p.parent / "metrics.csv").is_file() or any((p.parent / "tensorboard").glob("events.*"))}
+    found = {
+        p.parent
+        for p in root.rglob("config.yaml")
+        if (p.parent / "metrics.csv").is_file() or any((p.parent / "tensorboard").glob("events.*"))
+    }
     return sorted(found)
 
 
@@ -52,9 +55,15 @@ def switches(config: dict) -> dict:
     from facelab.train.config import TrainConfig
 
     defaults = _flatten(TrainConfig().to_dict())
-    return {k: v for k, v in _flatten(config).items()
-            if k not in _OWN_COLUMNS and k in defaults and defaults[k] != v
-            or k not in defaults and k not in _OWN_COLUMNS}
+    return {
+        k: v
+        for k, v in _flatten(config).items()
+        if k not in _OWN_COLUMNS
+        and k in defaults
+        and defaults[k] != v
+        or k not in defaults
+        and k not in _OWN_COLUMNS
+    }
 
 
 def tensorboard_history(folder: Path) -> pd.DataFrame:
@@ -127,11 +136,15 @@ def runs_table(root: str | Path) -> pd.DataFrame:
             log.warning("%s: skipped (%s)", run, exc)
     table = pd.DataFrame(rows)
     if "val_score" in table:
-        table = table.sort_values("val_score", ascending=False, na_position="last", ignore_index=True)
+        table = table.sort_values(
+            "val_score", ascending=False, na_position="last", ignore_index=True
+        )
     return table
 
 
-def plot_curves(root: str | Path, runs: list[str], path: str | Path, metric: str = "val_score") -> Path:
+def plot_curves(
+    root: str | Path, runs: list[str], path: str | Path, metric: str = "val_score"
+) -> Path:
     """A PNG of `metric` per epoch for the named runs (relative to `root`)."""
     import matplotlib
 

@@ -79,17 +79,22 @@ def expand_runs(runs: list[str | Path]) -> list[Path]:
         if p.is_file() or (p / "best.pt").is_file() or (p / "last.pt").is_file():
             paths.append(p)
             continue
-        folds = sorted((d for d in p.glob("fold_*") if (d / "best.pt").is_file()),
-                       key=lambda d: int(d.name.split("_")[1]) if d.name.split("_")[1].isdigit() else 0)
+        folds = sorted(
+            (d for d in p.glob("fold_*") if (d / "best.pt").is_file()),
+            key=lambda d: int(d.name.split("_")[1]) if d.name.split("_")[1].isdigit() else 0,
+        )
         if not folds:
-            raise CheckpointError(f"{p}: no checkpoint (best.pt / last.pt) and no fold_*/ run "
-                                  "folders inside; pass run folders, .pt files or a k-fold folder")
+            raise CheckpointError(
+                f"{p}: no checkpoint (best.pt / last.pt) and no fold_*/ run "
+                "folders inside; pass run folders, .pt files or a k-fold folder"
+            )
         paths.extend(folds)
     return paths
 
 
-def ensemble_pixels(runs: list[str | Path], data, indices: np.ndarray, how: str = "soft",
-                    tta: bool | None = None) -> dict[str, np.ndarray]:
+def ensemble_pixels(
+    runs: list[str | Path], data, indices: np.ndarray, how: str = "soft", tta: bool | None = None
+) -> dict[str, np.ndarray]:
     """Voted per-task probabilities for rows `indices` of a PreparedData.
 
     Each member reads pixels made under its own data settings (size, crop); caches are
@@ -106,14 +111,25 @@ def ensemble_pixels(runs: list[str | Path], data, indices: np.ndarray, how: str 
         settings = cfg.data.pixel_settings()
         if settings not in caches:
             caches[settings] = PixelCache.build(data.table, settings)
-        members.append(predict_pixels(model, caches[settings].pixels, indices,
-                                      tta=cfg.tta if tta is None else tta,
-                                      channels_last=cfg.channels_last))
+        members.append(
+            predict_pixels(
+                model,
+                caches[settings].pixels,
+                indices,
+                tta=cfg.tta if tta is None else tta,
+                channels_last=cfg.channels_last,
+            )
+        )
     return vote(members, how)
 
 
-def evaluate_ensemble(runs: list[str | Path], data=None, split: str = "test", vote: str = "soft",
-                      tta: bool | None = None) -> dict:
+def evaluate_ensemble(
+    runs: list[str | Path],
+    data=None,
+    split: str = "test",
+    vote: str = "soft",
+    tta: bool | None = None,
+) -> dict:
     """Metrics (facelab.evaluate.metrics.all_metrics) of the ensemble on one split.
 
     Without `data`, the first member's config prepares it; the members should share its
@@ -131,10 +147,15 @@ def evaluate_ensemble(runs: list[str | Path], data=None, split: str = "test", vo
         cfgs = [load_model(p)[1] for p in paths]
         split_keys = {(c.data.test_fraction, c.data.split_seed, repr(c.data.sources)) for c in cfgs}
         if len(split_keys) > 1:
-            log.warning("ensemble members were trained with different data/split settings; "
-                        "the %s split of the first one may hold rows others trained on", split)
+            log.warning(
+                "ensemble members were trained with different data/split settings; "
+                "the %s split of the first one may hold rows others trained on",
+                split,
+            )
         cfg = cfgs[0]
-        if split == "test":  # the test split does not depend on val_fraction (k-fold runs have none)
+        if (
+            split == "test"
+        ):  # the test split does not depend on val_fraction (k-fold runs have none)
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0))
         data = prepare_for(cfg)
     idx = data.indices(split)
@@ -142,8 +163,13 @@ def evaluate_ensemble(runs: list[str | Path], data=None, split: str = "test", vo
     return all_metrics({t: data.targets[t][idx] for t in TASKS}, probs)
 
 
-def predict_ensemble(runs: list[str | Path], table: pd.DataFrame, how: str = "soft",
-                     tta: bool | None = None, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_ensemble(
+    runs: list[str | Path],
+    table: pd.DataFrame,
+    how: str = "soft",
+    tta: bool | None = None,
+    progress=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Like facelab.predict.predict.predict_table, with the members' probabilities voted.
 
     Example:

@@ -22,8 +22,9 @@ def prob_columns(task: str) -> list[str]:
     return [f"p_{task}_{name}" for name in CLASS_NAMES[task]]
 
 
-def probs_to_frame(probs: dict[str, np.ndarray], rows: np.ndarray | None = None,
-                   n: int | None = None) -> pd.DataFrame:
+def probs_to_frame(
+    probs: dict[str, np.ndarray], rows: np.ndarray | None = None, n: int | None = None
+) -> pd.DataFrame:
     """Probability columns for `n` rows; `probs` fill `rows` (all rows when None), NaN elsewhere."""
     n = len(probs[TASKS[0]]) if n is None else n
     rows = np.arange(n) if rows is None else np.asarray(rows)
@@ -40,15 +41,18 @@ def frame_to_probs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {t: frame[prob_columns(t)].to_numpy(float) for t in TASKS}
 
 
-def prediction_frame(base: pd.DataFrame, probs: dict[str, np.ndarray], ok: np.ndarray) -> pd.DataFrame:
+def prediction_frame(
+    base: pd.DataFrame, probs: dict[str, np.ndarray], ok: np.ndarray
+) -> pd.DataFrame:
     """The `facelab predict` file: sample_id, path, ok, probabilities, task labels and `ans`.
 
     `probs` hold values for every row (rows with ok False are ignored); unreadable rows get
     label -1 and the most frequent predicted 18-class id, so a submission stays complete.
     """
     ok = np.asarray(ok, bool)
-    out = pd.DataFrame({"sample_id": base["sample_id"].to_numpy(), "path": base["path"].to_numpy(),
-                        "ok": ok})
+    out = pd.DataFrame(
+        {"sample_id": base["sample_id"].to_numpy(), "path": base["path"].to_numpy(), "ok": ok}
+    )
     for task in TASKS:  # column order as facelab.predict.predict.predict_table writes it
         p = np.where(ok[:, None], probs[task], np.nan)
         for j, col in enumerate(prob_columns(task)):

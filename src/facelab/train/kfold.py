@@ -54,8 +54,9 @@ class KFoldResult:
     trained: list[int] = field(default_factory=list)  # folds trained (not skipped) in this call
 
 
-def assign_folds(data: PreparedData, n_folds: int, seed: int,
-                 scheme: AgeScheme | None = None) -> np.ndarray:
+def assign_folds(
+    data: PreparedData, n_folds: int, seed: int, scheme: AgeScheme | None = None
+) -> np.ndarray:
     """Fold index per row for the non-test rows, -1 for test rows; leakage-checked.
 
     Example:
@@ -78,27 +79,42 @@ def fold_data(data: PreparedData, folds: np.ndarray, k: int) -> PreparedData:
 def row_frame(data: PreparedData, rows: np.ndarray) -> pd.DataFrame:
     """Identity and labels of `rows`: what oof.csv and test predictions start with."""
     t = data.table.iloc[rows]
-    return pd.DataFrame({
-        "row": rows, "key": row_keys(data.table)[rows], "sample_id": t["sample_id"].to_numpy(),
-        "path": t["path"].to_numpy(), "person": t["person"].to_numpy(),
-        "source": t["source"].to_numpy(),
-        **{c: t[c].to_numpy() for c in ("x1", "y1", "x2", "y2")},
-        "ok": data.cache.ok[rows],
-        **{f"y_{task}": data.targets[task][rows] for task in TASKS},
-    })
+    return pd.DataFrame(
+        {
+            "row": rows,
+            "key": row_keys(data.table)[rows],
+            "sample_id": t["sample_id"].to_numpy(),
+            "path": t["path"].to_numpy(),
+            "person": t["person"].to_numpy(),
+            "source": t["source"].to_numpy(),
+            **{c: t[c].to_numpy() for c in ("x1", "y1", "x2", "y2")},
+            "ok": data.cache.ok[rows],
+            **{f"y_{task}": data.targets[task][rows] for task in TASKS},
+        }
+    )
 
 
 def _check_folds_file(path: Path, frame: pd.DataFrame) -> None:
     old = pd.read_csv(path, dtype={"key": str}, keep_default_na=False)
-    if len(old) != len(frame) or not (old["key"].astype(str).to_numpy() == frame["key"].astype(str)).all() \
-            or not (old["fold"].to_numpy() == frame["fold"].to_numpy()).all():
+    if (
+        len(old) != len(frame)
+        or not (old["key"].astype(str).to_numpy() == frame["key"].astype(str)).all()
+        or not (old["fold"].to_numpy() == frame["fold"].to_numpy()).all()
+    ):
         raise ConfigError(
             f"{path} holds another fold assignment (the data, fold count or seed changed); "
-            "resume only with the same settings, or use a new --out (or --no-resume)")
+            "resume only with the same settings, or use a new --out (or --no-resume)"
+        )
 
 
-def fit_kfold(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, resume: bool = True,
-              data: PreparedData | None = None, seed: int | None = None) -> KFoldResult:
+def fit_kfold(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    folds: int = 5,
+    resume: bool = True,
+    data: PreparedData | None = None,
+    seed: int | None = None,
+) -> KFoldResult:
     """Train `folds` person-level folds into out_dir/fold_k and write the out-of-fold files.
 
     `seed` picks the fold assignment (default: the config's data.split_seed). With
@@ -117,7 +133,9 @@ def fit_kfold(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, resume: boo
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
         # Folds replace the validation split; the test split does not depend on val_fraction.
-        data = prepare_for(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0)))
+        data = prepare_for(
+            dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0))
+        )
     seed = cfg.data.split_seed if seed is None else seed
     fold_of = assign_folds(data, folds, seed, cfg.data.age_scheme())
     ident = row_frame(data, np.arange(len(fold_of)))[["key", "sample_id", "person"]]
@@ -131,19 +149,37 @@ def fit_kfold(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, resume: boo
         fold_dir = out / f"fold_{k}"
         if resume and (fold_dir / DONE).is_file():
             done = json.loads((fold_dir / DONE).read_text())
-            log.info("fold %d/%d already finished (val score %.4f), skipped", k + 1, folds,
-                     done["best_score"])
+            log.info(
+                "fold %d/%d already finished (val score %.4f), skipped",
+                k + 1,
+                folds,
+                done["best_score"],
+            )
             scores.append(done["best_score"])
             continue
         if not resume and fold_dir.exists():
             shutil.rmtree(fold_dir)
-        log.info("fold %d/%d: %d train / %d val rows", k + 1, folds,
-                 int(((fold_of >= 0) & (fold_of != k)).sum()), int((fold_of == k).sum()))
+        log.info(
+            "fold %d/%d: %d train / %d val rows",
+            k + 1,
+            folds,
+            int(((fold_of >= 0) & (fold_of != k)).sum()),
+            int((fold_of == k).sum()),
+        )
         t0 = time.perf_counter()
         result = fit(cfg, fold_dir, resume=resume, data=fold_data(data, fold_of, k))
         score = float(result.best_val.get("score", float("nan")))
-        (fold_dir / DONE).write_text(json.dumps({"fold": k, "folds": folds, "best_epoch": result.best_epoch,
-                                                 "best_score": score, "wall_s": time.perf_counter() - t0}))
+        (fold_dir / DONE).write_text(
+            json.dumps(
+                {
+                    "fold": k,
+                    "folds": folds,
+                    "best_epoch": result.best_epoch,
+                    "best_score": score,
+                    "wall_s": time.perf_counter() - t0,
+                }
+            )
+        )
         scores.append(score)
         trained.append(k)
 
@@ -153,13 +189,20 @@ def fit_kfold(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, resume: boo
     for k in range(folds):
         model, fcfg, _ = load_model(out / f"fold_{k}")
         rows = np.flatnonzero((fold_of == k) & data.cache.ok)
-        probs = predict_pixels(model, data.cache.pixels, rows, tta=cfg.tta, channels_last=fcfg.channels_last)
-        parts.append(pd.concat([row_frame(data, rows).assign(fold=k), probs_to_frame(probs)], axis=1))
+        probs = predict_pixels(
+            model, data.cache.pixels, rows, tta=cfg.tta, channels_last=fcfg.channels_last
+        )
+        parts.append(
+            pd.concat([row_frame(data, rows).assign(fold=k), probs_to_frame(probs)], axis=1)
+        )
         if len(test_idx):
-            p = predict_pixels(model, data.cache.pixels, test_idx, tta=cfg.tta,
-                               channels_last=fcfg.channels_last)
+            p = predict_pixels(
+                model, data.cache.pixels, test_idx, tta=cfg.tta, channels_last=fcfg.channels_last
+            )
             test_probs.append(p)
-            test_parts.append(pd.concat([row_frame(data, test_idx).assign(fold=k), probs_to_frame(p)], axis=1))
+            test_parts.append(
+                pd.concat([row_frame(data, test_idx).assign(fold=k), probs_to_frame(p)], axis=1)
+            )
     undecoded = np.flatnonzero((fold_of >= 0) & ~data.cache.ok)
     if len(undecoded):  # kept so every non-test row appears once; no probabilities
         parts.append(row_frame(data, undecoded).assign(fold=fold_of[undecoded]))
@@ -167,8 +210,10 @@ def fit_kfold(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, resume: boo
     oof.to_csv(out / "oof.csv", index=False)
 
     known = oof["ok"].to_numpy(bool)
-    oof_probs = {t: oof.loc[known, [c for c in oof.columns if c.startswith(f"p_{t}_")]].to_numpy(float)
-                 for t in TASKS}
+    oof_probs = {
+        t: oof.loc[known, [c for c in oof.columns if c.startswith(f"p_{t}_")]].to_numpy(float)
+        for t in TASKS
+    }
     oof_metrics = all_metrics({t: oof.loc[known, f"y_{t}"].to_numpy() for t in TASKS}, oof_probs)
     test_metrics, test_scores = {}, []
     if test_probs:
@@ -176,7 +221,13 @@ def fit_kfold(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, resume: boo
         y = {t: data.targets[t][test_idx] for t in TASKS}
         test_scores = [all_metrics(y, p)["score"] for p in test_probs]
         test_metrics = all_metrics(y, soft_vote(test_probs))
-    summary = {"folds": folds, "seed": seed, "fold_val_scores": scores,
-               "test_fold_scores": test_scores, "oof": oof_metrics, "test_soft_vote": test_metrics}
+    summary = {
+        "folds": folds,
+        "seed": seed,
+        "fold_val_scores": scores,
+        "test_fold_scores": test_scores,
+        "oof": oof_metrics,
+        "test_soft_vote": test_metrics,
+    }
     (out / "kfold_summary.json").write_text(json.dumps(summary, indent=1))
     return KFoldResult(out, scores, oof, oof_metrics, test_metrics, test_scores, trained)
