@@ -123,6 +123,7 @@ def test_apply_corrections_changes_targets(tmp_path):
     assert apply_corrections(data, csv) == 3
     assert data.targets["gender"][0] == 1 and data.targets["mask"].tolist() == [0, 1, 0]
     assert data.targets["age"][2] == MISSING
+    assert apply_corrections(data, csv) == 0  # idempotent: k-fold folds share the targets
 
 
 def test_apply_corrections_makes_read_only_targets_writable(tmp_path):
@@ -140,7 +141,7 @@ def test_apply_corrections_makes_read_only_targets_writable(tmp_path):
         ("path,task,old,new\n{d}/a.jpg,gender,male,robot\n", "unknown gender label 'robot'"),
         ("path,task,old,new\n{d}/a.jpg,colour,male,female\n", "unknown task 'colour'"),
         (
-            "path,task,old,new\n{d}/a.jpg,gender,female,male\n",
+            "path,task,old,new\n{d}/a.jpg,gender,female,missing\n",
             "has gender label 'male', not old='female'",
         ),
         ("path,task,old,new\n{d}/a.jpg,age,<30,old\n", "unknown age label 'old'"),

@@ -111,7 +111,7 @@ def apply_corrections(data, path: str | Path) -> int:
 
     Raises DataFormatError naming the file and row for wrong columns, unknown tasks, paths
     that match no image, unknown label values, or an `old` label that is not the current one
-    (the file was made for other data).
+    (the file was made for other data). Applying a file twice changes nothing the second time.
 
     Example:
         >>> changed = apply_corrections(data, "corrections.csv")  # doctest: +SKIP
@@ -149,15 +149,16 @@ def apply_corrections(data, path: str | Path) -> int:
         task = rec.task
         old, new = parse_label(task, rec.old, where), parse_label(task, rec.new, where)
         current = int(data.targets[task][i])
+        if new == current:
+            continue  # already applied (e.g. by an earlier fold sharing these targets)
         if rec.old.strip() != "" and old != current:
             have = CLASS_NAMES[task][current] if current != MISSING else "missing"
             raise DataFormatError(
                 f"{where}: {rec.path} has {task} label {have!r}, not old={rec.old!r}; the file "
                 "was made for other data or labels (fix `old`, or leave it blank to skip the check)"
             )
-        if new != current:
-            if not data.targets[task].flags.writeable:  # a read-only view of the table
-                data.targets[task] = data.targets[task].copy()
-            data.targets[task][i] = new
-            changed += 1
+        if not data.targets[task].flags.writeable:  # a read-only view of the table
+            data.targets[task] = data.targets[task].copy()
+        data.targets[task][i] = new
+        changed += 1
     return changed
