@@ -83,7 +83,9 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adamp":
-        from adamp import AdamP
+        # timm's AdamP (same algorithm as the adamp package, whose weight views fail on
+        # channels_last parameters).
+        from timm.optim import AdamP
 
         return AdamP(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     from madgrad import MADGRAD

@@ -124,9 +124,10 @@ class Trainer:
         return sum(loss * w for loss, w in parts)
 
     def _bn_batches(self):
-        """Training images for SWA's BatchNorm update: cropped like evaluation, not augmented."""
+        """Training images for SWA's BatchNorm update: cropped like evaluation, not augmented.
+        Full batches only (like training), since update_bn weights every batch equally."""
         cfg, idx = self.cfg, self.data.indices("train")
-        for start in range(0, len(idx), cfg.batch_size):
+        for start in range(0, max(1, len(idx) - cfg.batch_size + 1), cfg.batch_size):
             x = to_tensor(self.data.cache.pixels[idx[start : start + cfg.batch_size]], cfg.channels_last)
             yield center_crop(x, cfg.augment.center_crop)
 
