@@ -231,11 +231,20 @@ def test_label_corrections_are_applied_before_training(comp_cfg, tmp_path, monke
     assert (split["y_mask"].to_numpy()[first] == 2).all()
 
 
-def test_real_corrections_module_when_present():
+def test_real_corrections_csv_changes_the_training_labels(comp_cfg, tmp_path):
     pytest.importorskip("facelab.data.corrections", reason="facelab.data.corrections not built yet")
-    from facelab.data.corrections import apply_corrections
+    from facelab.data.labels import CLASS_NAMES
 
-    assert callable(apply_corrections)
+    data = prepare_for(load_config(comp_cfg, TINY))
+    row = int(data.indices("train")[0])
+    old = int(data.targets["mask"][row])
+    new = (old + 1) % 3
+    csv = tmp_path / "fix.csv"
+    csv.write_text(f"path,task,old,new\n{data.table['path'][row]},mask,"
+                   f"{CLASS_NAMES['mask'][old]},{CLASS_NAMES['mask'][new]}\n")
+    cfg = load_config(comp_cfg, [*TINY, f"data.corrections={csv}"])
+    Trainer(cfg, tmp_path / "run", data).fit()
+    assert pd.read_csv(tmp_path / "run" / "split.csv")["y_mask"][row] == new
 
 
 # ---- tiny runs ----------------------------------------------------------------------------
