@@ -98,7 +98,7 @@ def main() -> int:
             "patience=0", "tta=false", "data.val_fraction=0", "loss.class_weights=none",
             "loss.label_smoothing=0.1"]
     wanted = {s for s in args.only.split(",") if s}
-    rows = {name: [o.format(swa_start=max(1, args.epochs - 2)) for o in over]
+    rows = {name: [o.replace("{swa_start}", str(max(1, args.epochs - 2))) for o in over]
             for name, over in SWITCHES.items()
             if not wanted or slug(name) in wanted or (slug(name) == "baseline" and wanted & {"tta", "ensemble"})}
     cfg0 = load_config(ROOT / "configs" / "multitask.yaml", base)
