@@ -148,6 +148,25 @@ def test_update_bn_keeps_frozen_batchnorm_statistics():
     assert not torch.all(model[2].running_mean == 0.0)
 
 
+def test_update_bn_uses_frozen_statistics_for_the_layers_after_them():
+    class Frozen(nn.Sequential):
+        def train(self, mode=True):
+            super().train(mode)
+            self[0].eval()  # frozen BN: normalises with its own (ImageNet-like) statistics
+            return self
+
+    model = Frozen(nn.BatchNorm1d(4), nn.BatchNorm1d(4))
+    with torch.no_grad():
+        model[0].running_mean.fill_(7.0)
+        model[0].running_var.fill_(4.0)
+    x = torch.randn(64, 4) + 7.0
+    update_bn_keep_frozen([x], model)
+    # The second BN sees (x - 7) / 2, not x: its mean is about 0, not about 7.
+    expect = ((x - 7.0) / torch.sqrt(torch.tensor(4.0 + 1e-5))).mean(0)
+    assert torch.allclose(model[1].running_mean, expect, atol=1e-5)
+    assert model[0].momentum == 0.1 and model[1].momentum == 0.1
+
+
 def test_ema_follows_the_weights_every_step_and_differs_from_raw():
     model = _bn_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn
 
 from facelab.errors import ConfigError
 
@@ -61,17 +61,29 @@ class EmaConfig:
 
 @torch.no_grad()
 def update_bn_keep_frozen(batches: Iterable[torch.Tensor], model: nn.Module) -> None:
-    """torch's update_bn, except BatchNorm layers that stay in eval mode under model.train()
-    (frozen backbone stages, see model.freeze) keep their statistics: update_bn would reset
-    them and never refill them."""
+    """Recompute the BatchNorm statistics of `model` over `batches`, like torch's update_bn,
+    except BatchNorm layers that stay in eval mode under model.train() (frozen backbone
+    stages, see model.freeze) keep their statistics *and use them* during the pass.
+
+    torch's update_bn resets every BatchNorm first, so a frozen (eval-mode) layer would
+    normalise with mean 0 / var 1 while the pass runs and every later layer's statistics
+    would be computed from wrong activations.
+    """
     was_training = model.training
     model.train()
-    frozen = {m: {k: v.clone() for k, v in m.state_dict().items()} for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training}
-    update_bn(batches, model)
-    for module, state in frozen.items():
-        module.load_state_dict(state)
-    model.train(was_training)
+    live = [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = {m: m.momentum for m in live}
+    for m in live:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        model.train(was_training)
 
 
 class WeightAverager:
