@@ -133,6 +133,14 @@ def test_apply_corrections_makes_read_only_targets_writable(tmp_path):
     assert apply_corrections(data, csv) == 1 and data.targets["gender"][0] == 1
 
 
+def test_apply_corrections_blank_old_skips_the_check_for_every_task(tmp_path):
+    data = fake_data(tmp_path)
+    csv = write(tmp_path / "c.csv", f"path,task,old,new\n{tmp_path}/a.jpg,age,,>=60\n"
+                f"{tmp_path}/a.jpg,gender,,female\n")
+    assert apply_corrections(data, csv) == 2
+    assert data.targets["age"][0] == 2 and data.targets["gender"][0] == 1
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -147,11 +147,12 @@ def apply_corrections(data, path: str | Path) -> int:
         if rec.new.strip() == "":
             continue  # not reviewed: keep the label
         task = rec.task
-        old, new = parse_label(task, rec.old, where), parse_label(task, rec.new, where)
+        new = parse_label(task, rec.new, where)
         current = int(data.targets[task][i])
         if new == current:
             continue  # already applied (e.g. by an earlier fold sharing these targets)
-        if rec.old.strip() != "" and old != current:
+        # A blank `old` skips the check (parse_label would reject "" as an age label).
+        if rec.old.strip() != "" and parse_label(task, rec.old, where) != current:
             have = CLASS_NAMES[task][current] if current != MISSING else "missing"
             raise DataFormatError(
                 f"{where}: {rec.path} has {task} label {have!r}, not old={rec.old!r}; the file "
