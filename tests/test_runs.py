@@ -50,6 +50,14 @@ def test_switches_only_lists_non_defaults():
     assert switches({"future_key": 1}) == {"future_key": 1}  # unknown settings are shown too
 
 
+def test_loss_column_shows_the_weighted_terms_actually_trained(tmp_path):
+    make_run(tmp_path / "mix", ["loss.terms={focal: 0.6, soft_f1: 0.4}"], [0.5])
+    make_run(tmp_path / "focal", ["loss.kind=focal"], [0.4])
+    table = runs_table(tmp_path).set_index("run")
+    assert table.loc["mix", "loss"] == "0.6 focal + 0.4 soft_f1"
+    assert table.loc["focal", "loss"] == "focal"
+
+
 def test_tensorboard_fallback_when_metrics_csv_is_missing(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

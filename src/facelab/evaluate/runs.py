@@ -87,7 +87,16 @@ def run_history(run: Path) -> pd.DataFrame:
 
 
 def _loss_name(cfg: dict) -> str:
+    """The loss actually trained: loss.terms (a weighted sum) when set, else loss.kind.
+
+    Example:
+        >>> _loss_name({"loss": {"kind": "ce", "terms": {"focal": 0.6, "soft_f1": 0.4}}})
+        '0.6 focal + 0.4 soft_f1'
+    """
     loss = cfg.get("loss", {}) or {}
+    terms = loss.get("terms") or {}
+    if terms:
+        return " + ".join(f"{w:g} {k}" for k, w in terms.items())
     name = loss.get("kind") or loss.get("name") or "ce"
     return str(name)
 
