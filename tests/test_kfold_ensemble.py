@@ -237,3 +237,25 @@ def test_hard_vote_majority_and_tie_break():
 def test_expand_runs_errors_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         expand_runs([tmp_path])
+
+
+def test_kfold_oof_labels_are_corrected_even_when_every_fold_is_resumed(kf, data, tmp_path):
+    import shutil
+
+    from facelab.train.config import load_config
+    from facelab.train.kfold import fit_kfold
+
+    out = tmp_path / "kf"
+    shutil.copytree(kf["out"], out)  # every fold finished: nothing is trained below
+    oof = pd.read_csv(out / "oof.csv", dtype={"key": str})
+    row = oof[oof["y_gender"] >= 0].iloc[0]
+    flipped = 1 - int(row["y_gender"])
+    csv = tmp_path / "corr.csv"
+    csv.write_text(f"path,task,old,new\n{row['key']},gender,,{flipped}\n")
+    before = data.targets["gender"].copy()
+    cfg = load_config(kf["cfg"], [*TINY, f"data.corrections={csv}"])
+    res = fit_kfold(cfg, out, FOLDS, resume=True, data=data)
+    assert res.trained == []
+    got = res.oof.set_index("key").loc[row["key"], "y_gender"]
+    assert got == flipped
+    assert np.array_equal(data.targets["gender"], before)  # the caller's data are not changed

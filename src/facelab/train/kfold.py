@@ -136,6 +136,14 @@ def fit_kfold(
         data = prepare_for(
             dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0))
         )
+    if cfg.data.corrections:
+        # Once, on a copy: the caller's data stay untouched, and oof.csv / test labels are the
+        # corrected ones whether folds are trained now or skipped as finished (each fold's
+        # trainer applies the file again, which changes nothing).
+        from facelab.data.corrections import apply_corrections
+
+        data = dataclasses.replace(data, targets={t: v.copy() for t, v in data.targets.items()})
+        apply_corrections(data, cfg.data.corrections)
     seed = cfg.data.split_seed if seed is None else seed
     fold_of = assign_folds(data, folds, seed, cfg.data.age_scheme())
     ident = row_frame(data, np.arange(len(fold_of)))[["key", "sample_id", "person"]]
