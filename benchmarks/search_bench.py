@@ -1,16 +1,17 @@
-"""Search benchmark: FAISS exact / HNSW / IVF vs brute-force NumPy on 1M 128-d vectors.
+"""Search benchmark: FAISS exact / IVF-flat / HNSW vs brute-force NumPy on 1M 128-d vectors.
 
 Two query sets:
   random  1,000 vectors from the same distribution as the 1M random gallery;
-  lfw     real LFW dlib embeddings: for each person with >= 2 images the first image is
-          enrolled into the gallery (beside the 1M random distractors, drawn from a Gaussian
-          fitted to the LFW embeddings so they sit in the same region), the others query.
-Figures: index build time (2 threads), p50/p95 single-query latency (one thread, batch size 1),
-recall@1 against exact search, and for lfw the rank-1 identification rate.
+  lfw     real LFW embeddings (any embedder; an .npz of paths + vectors): for each person with
+          >= 2 images the first image is enrolled into the gallery (beside the random
+          distractors, drawn from a Gaussian fitted to the LFW embeddings so they sit in the
+          same region), the others query.
+Figures: index build time (--build-threads), p50/p95 single-query latency (--threads, batch
+size 1), recall@1 against exact search, and for lfw the rank-1 identification rate.
 
-Usage (embeddings from `facelab verify-eval ../shared/data/lfw/pairs.csv --out runs/lfw`):
-    OMP_NUM_THREADS=1 python benchmarks/search_bench.py --n 1000000 --lfw runs/lfw/embeddings.npz
-"""
+Usage (embeddings.npz from `facelab verify-eval ... --out runs/lfw` or
+`benchmarks/mobilefacenet_eval.py ... --embeddings-out`):
+    OMP_NUM_THREADS=1 python benchmarks/search_bench.py --n 1000000 --lfw runs/lfw/embeddings.npz"""
 
 from __future__ import annotations
 
@@ -45,30 +46,35 @@ def faiss_search(index):
     return fn
 
 
-def build_indexes(x: np.ndarray, args) -> list[tuple[str, object, float]]:
+def build_indexes(x: np.ndarray, args):
+    """Yield (name, index or (kind, index, param), build seconds) as each index is built, so a
+    long run prints its rows as it goes. ``--hnsw-m 0`` / ``--nlist 0`` skip a kind."""
     import faiss
 
-    out = []
     t = time.perf_counter()
     flat = faiss.IndexFlatL2(x.shape[1])
     flat.add(x)
-    out.append(("faiss-flat (exact)", flat, time.perf_counter() - t))
-    t = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(x.shape[1], args.hnsw_m)
-    hnsw.hnsw.efConstruction = args.ef_construction
-    hnsw.add(x)
-    build = time.perf_counter() - t
-    for ef in args.ef_search:
-        out.append((f"faiss-hnsw M{args.hnsw_m} ef{ef}", ("hnsw", hnsw, ef), build))
-    t = time.perf_counter()
-    nlist = args.nlist
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
-    ivf.train(x[np.random.default_rng(1).choice(len(x), min(len(x), 64 * nlist), replace=False)])
-    ivf.add(x)
-    build = time.perf_counter() - t
-    for nprobe in args.nprobe:
-        out.append((f"faiss-ivf{nlist} nprobe{nprobe}", ("ivf", ivf, nprobe), build))
-    return out
+    yield "faiss-flat (exact)", flat, time.perf_counter() - t
+    for nlist in args.nlist:
+        if nlist <= 0:
+            continue
+        t = time.perf_counter()
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
+        ivf.train(x[np.random.default_rng(1).choice(len(x), min(len(x), args.train_per_list * nlist), replace=False)])
+        ivf.add(x)
+        build = time.perf_counter() - t
+        for nprobe in args.nprobe:
+            if nprobe <= nlist:
+                yield f"faiss-ivf{nlist} nprobe{nprobe}", ("ivf", ivf, nprobe), build
+        del ivf
+    if args.hnsw_m > 0:
+        t = time.perf_counter()
+        hnsw = faiss.IndexHNSWFlat(x.shape[1], args.hnsw_m)
+        hnsw.hnsw.efConstruction = args.ef_construction
+        hnsw.add(x)
+        build = time.perf_counter() - t
+        for ef in args.ef_search:
+            yield f"faiss-hnsw M{args.hnsw_m} efC{args.ef_construction} ef{ef}", ("hnsw", hnsw, ef), build
 
 
 def run(gallery: np.ndarray, queries: np.ndarray, args, label: str, truth_ids=None) -> None:
@@ -76,17 +82,25 @@ def run(gallery: np.ndarray, queries: np.ndarray, args, label: str, truth_ids=No
 
     faiss.omp_set_num_threads(args.threads)
     norms = np.einsum("ij,ij->i", gallery, gallery)
-    print(f"\n## {label}: gallery {len(gallery):,} x {gallery.shape[1]}, {len(queries)} queries")
-    print(f"{'method':28s} {'build s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'recall@1':>9s}"
-          + (" rank1-id" if truth_ids is not None else ""))
-    nq_np = min(len(queries), args.numpy_queries)
-    exact, t_np = latencies(numpy_search(gallery, norms), queries[:nq_np])
+    print(f"\n## {label}: gallery {len(gallery):,} x {gallery.shape[1]}, {len(queries)} queries; "
+          f"build threads {args.build_threads}, query threads {args.threads}, batch size 1")
+    print(f"{'method':34s} {'build s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'recall@1':>9s}"
+          + (" rank1-id" if truth_ids is not None else ""), flush=True)
     exact_all = faiss_search_all(gallery, queries)
-    rows = [("numpy brute force", 0.0, t_np, exact, nq_np)]
+
+    def report(name: str, build: float, t: np.ndarray, ids: np.ndarray) -> None:
+        recall = float(np.mean(ids == exact_all[: len(ids)]))
+        line = f"{name:34s} {build:8.1f} {np.percentile(t, 50):8.2f} {np.percentile(t, 95):8.2f} {recall:9.4f}"
+        if truth_ids is not None:
+            line += f" {np.mean(ids == truth_ids[: len(ids)]):8.4f}"
+        print(line, flush=True)
+
+    nq_np = min(len(queries), args.numpy_queries)
+    ids, t_np = latencies(numpy_search(gallery, norms), queries[:nq_np])
+    report(f"numpy brute force ({nq_np} q)", 0.0, t_np, ids)
     faiss.omp_set_num_threads(args.build_threads)
-    built = build_indexes(gallery, args)
-    faiss.omp_set_num_threads(args.threads)
-    for name, obj, build in built:
+    for name, obj, build in build_indexes(gallery, args):
+        faiss.omp_set_num_threads(args.threads)
         if isinstance(obj, tuple):
             kind, index, param = obj
             if kind == "hnsw":
@@ -96,13 +110,8 @@ def run(gallery: np.ndarray, queries: np.ndarray, args, label: str, truth_ids=No
         else:
             index = obj
         ids, t = latencies(faiss_search(index), queries)
-        rows.append((name, build, t, ids, len(queries)))
-    for name, build, t, ids, n in rows:
-        recall = float(np.mean(ids == exact_all[:n]))
-        line = f"{name:28s} {build:8.1f} {np.percentile(t, 50):8.2f} {np.percentile(t, 95):8.2f} {recall:9.4f}"
-        if truth_ids is not None:
-            line += f" {np.mean(ids == truth_ids[:n]):8.4f}"
-        print(line, flush=True)
+        report(name, build, t, ids)
+        faiss.omp_set_num_threads(args.build_threads)
 
 
 def faiss_search_all(gallery: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -138,13 +147,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--numpy-queries", type=int, default=200)
     ap.add_argument("--lfw", type=Path, default=None, help="embeddings.npz from verify-eval --out")
-    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--hnsw-m", type=int, default=32, help="0: no HNSW")
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
-    ap.add_argument("--nlist", type=int, default=4096)
+    ap.add_argument("--nlist", type=int, nargs="+", default=[4096], help="IVF list counts (0: no IVF)")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--train-per-list", type=int, default=64, help="k-means training points per IVF list")
     ap.add_argument("--threads", type=int, default=1, help="FAISS threads while querying")
-    ap.add_argument("--build-threads", type=int, default=2, help="FAISS threads while building")
+    ap.add_argument("--build-threads", type=int, default=1, help="FAISS threads while building")
     ap.add_argument("--skip-random", action="store_true")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -155,7 +165,7 @@ def main() -> None:
         del gallery
     if args.lfw:
         gallery, queries, truth = lfw_sets(args.lfw, args.n, rng)
-        run(gallery, queries, args, "LFW dlib embeddings + random distractors", truth)
+        run(gallery, queries, args, f"LFW embeddings {args.lfw} + random distractors", truth)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,20 @@ def test_train_and_resume(tmp_path, capsys):
     emb = get_embedder("mobilefacenet", checkpoint=str(tmp_path / "run" / "last.pt"))
     v = emb.embed_faces(np.zeros((112, 112, 3), np.uint8), [Face((0, 0, 112, 112))])
     assert v.shape == (1, 128) and emb.metric == "cosine"
+
+
+def test_train_device_switch(tmp_path):
+    """--device reaches the model: asking for CUDA where torch has none fails clearly."""
+    from facelab.embed.train import TrainConfig, train
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the CPU-only error path is not reachable")
+    people = tmp_path / "people"
+    for p in range(3):
+        (people / f"p{p}").mkdir(parents=True)
+        for v in range(2):
+            Image.fromarray(np.full((112, 112, 3), 40 * p + v, np.uint8)).save(people / f"p{p}" / f"{v}.png")
+    cfg = TrainConfig(data=str(people), out=str(tmp_path / "run"), detector="whole", epochs=1, batch_size=4,
+                      width=0.25, threads=1, device="cuda")
+    with pytest.raises(ConfigError, match="cuda"):
+        train(cfg)

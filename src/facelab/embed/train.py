@@ -31,7 +31,7 @@ from facelab.embed.mobilefacenet import (
     count_parameters,
     to_tensor,
 )
-from facelab.errors import DataFormatError
+from facelab.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class TrainConfig:
     mask_prob: float = 0.3
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # "cuda" to train on a GPU (same recipe, scale epochs/batch size)
 
 
 def list_identities(cfg: TrainConfig) -> pd.DataFrame:
@@ -115,7 +116,7 @@ def synthetic_mask(batch: torch.Tensor, prob: float, gen: torch.Generator) -> to
         return batch
     out = batch.clone()
     top = 60 + torch.randint(0, 10, (n,), generator=gen)
-    colour = torch.rand(n, 3, generator=gen) * 2 - 1
+    colour = (torch.rand(n, 3, generator=gen) * 2 - 1).to(batch.device)  # generator stays on CPU
     for i in torch.nonzero(hit).flatten().tolist():
         out[i, :, int(top[i]):, 14:98] = colour[i].view(3, 1, 1)
     return out
@@ -125,7 +126,7 @@ def split_identities(idents: np.ndarray, frac: float, seed: int) -> np.ndarray:
     """Boolean mask of validation rows: whole identities, never split across train/val."""
     names = np.unique(idents)
     rng = np.random.default_rng(seed)
-    val = set(rng.choice(names, max(1, int(round(frac * len(names)))), replace=False).tolist())
+    val = set(rng.choice(names, max(1, round(frac * len(names))), replace=False).tolist())
     return np.array([i in val for i in idents])
 
 
@@ -146,11 +147,12 @@ def val_pairs(idents: np.ndarray, seed: int, n: int = 600) -> tuple[np.ndarray, 
 @torch.inference_mode()
 def embed_array(model: MobileFaceNet, faces: np.ndarray, bs: int = 128) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for i in range(0, len(faces), bs):
-        x = to_tensor(list(faces[i : i + bs]))
+        x = to_tensor(list(faces[i : i + bs])).to(device)
         out.append(F.normalize(F.normalize(model(x)) + F.normalize(model(torch.flip(x, dims=[3])))))
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -166,8 +168,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     names = np.unique(idents[~is_val])
     label = {n: i for i, n in enumerate(names)}
     x_tr, y_tr = faces[~is_val], np.array([label[i] for i in idents[~is_val]])
-    model = MobileFaceNet(cfg.dim, cfg.width)
-    head = MarginHead(cfg.dim, len(names), cfg.head, cfg.s, cfg.m)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device!r} asked for but torch sees no CUDA GPU; use --device cpu")
+    model = MobileFaceNet(cfg.dim, cfg.width).to(cfg.device)
+    head = MarginHead(cfg.dim, len(names), cfg.head, cfg.s, cfg.m).to(cfg.device)
     print(f"MobileFaceNet parameters: {count_parameters(model):,} (head {count_parameters(head):,}); "
           f"train {len(x_tr)} faces / {len(names)} identities, val {int(is_val.sum())} faces")
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=cfg.lr, momentum=0.9,
@@ -175,7 +179,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     start = 0
     if resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", weights_only=False)
+        ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=False)
         model.load_state_dict(ck["model"]), head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"]), sched.load_state_dict(ck["scheduler"])
         start = ck["epoch"]
@@ -189,11 +193,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         perm = torch.randperm(len(x_tr), generator=gen)
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size].numpy()
-            x = to_tensor(list(x_tr[idx]))
+            x = to_tensor(list(x_tr[idx])).to(cfg.device)
             if torch.rand(1, generator=gen) < 0.5:
                 x = torch.flip(x, dims=[3])
             x = synthetic_mask(x, cfg.mask_prob, gen)
-            loss = F.cross_entropy(head(model(x), torch.from_numpy(y_tr[idx])), torch.from_numpy(y_tr[idx]))
+            y = torch.from_numpy(y_tr[idx]).to(cfg.device)
+            loss = F.cross_entropy(head(model(x), y), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -218,7 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="identity folder or CSV (image,identity[,fold])")
-    for f in ("out", "detector", "head"):
+    for f in ("out", "detector", "head", "device"):
         ap.add_argument(f"--{f}", default=getattr(TrainConfig, f))
     for f in ("epochs", "batch_size", "threads", "seed", "min_images"):
         ap.add_argument(f"--{f.replace('_', '-')}", dest=f, type=int, default=getattr(TrainConfig, f))
