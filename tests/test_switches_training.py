@@ -343,3 +343,33 @@ def test_resume_is_exact_with_weight_averaging(switch, tiny_data, tmp_path):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
     assert [h["val_score"] for h in straight.history] == [h["val_score"] for h in resumed.history]
+
+
+def test_single_loss_term_keeps_its_weight_and_bad_settings_are_refused():
+    import pytest
+    import torch
+
+    from facelab.errors import ConfigError
+    from facelab.train.config import ModelConfig
+    from facelab.train.losses import LossConfig, MultiTaskLoss
+
+    logp = {"mask": torch.log_softmax(torch.randn(4, 3), -1), "gender": torch.log_softmax(torch.randn(4, 2), -1),
+            "age": torch.log_softmax(torch.randn(4, 3), -1)}
+    y = {"mask": torch.tensor([0, 1, 2, 0]), "gender": torch.tensor([-1, 0, 1, 1]), "age": torch.tensor([0, -1, 2, 1])}
+    full, _ = MultiTaskLoss(LossConfig(kind="soft_f1"))(logp, y)
+    part, _ = MultiTaskLoss(LossConfig(terms={"soft_f1": 0.4}))(logp, y)
+    assert torch.isclose(part, 0.4 * full)
+    with pytest.raises(ConfigError, match=">= 0"):
+        LossConfig(terms={"focal": -1.0})
+    with pytest.raises(ConfigError, match="margin_m"):
+        ModelConfig(margin="arcface", margin_m=2.0)
+
+
+def test_swa_best_checkpoint_is_an_averaged_epoch(tiny_data, tmp_path):
+    """best.pt holds an SWA epoch, and early stopping waits for averaging to start."""
+    torch.set_num_threads(1)
+    cfg_path, data = tiny_data
+    cfg = load_config(cfg_path, [*TINY, "epochs=3", "patience=1", "swa.start_epoch=3", "swa.lr=0.001"])
+    result = fit(cfg, tmp_path / "run", data=data)
+    assert len(result.history) == 3  # patience 1 did not stop it before SWA began
+    assert result.best_epoch == 3

@@ -97,6 +97,13 @@ class ModelConfig:
             raise ConfigError(f"model.margin {self.margin!r} unknown; use one of {MARGINS}")
         if self.margin_scale <= 0:
             raise ConfigError(f"model.margin_scale must be > 0, got {self.margin_scale}")
+        if self.margin_m is not None:
+            import math
+
+            top = math.pi / 2 if self.margin == "arcface" else float("inf")
+            if not 0 <= self.margin_m < top:
+                raise ConfigError(f"model.margin_m={self.margin_m} out of range for {self.margin}: "
+                                  "use 0 <= m < pi/2 for arcface (0.5 is usual), m >= 0 for cosface")
 
     def build(self, pretrained: str | None = None):
         """The AttributeModel these settings describe (`pretrained` overrides the weights,

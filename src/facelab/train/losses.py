@@ -53,6 +53,9 @@ class LossConfig:
         if bad:
             raise ConfigError(f"loss.terms: unknown loss kind(s) {bad}; use keys from {LOSS_KINDS}, "
                               "e.g. {focal: 0.6, soft_f1: 0.4}")
+        negative = {k: w for k, w in (self.terms or {}).items() if not w >= 0}
+        if negative:
+            raise ConfigError(f"loss.terms: weights must be >= 0, got {negative}")
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError("loss.class_weights must be 'none' or 'balanced'")
         if not 0 <= self.label_smoothing < 1:
@@ -140,9 +143,11 @@ class MultiTaskLoss:
                 loss, sub = self._set_nll(joint, targets, kind)
             else:
                 loss, sub = self._task_nll(logp, targets, kind)
+            loss = loss * weight  # a single term keeps its weight too ({soft_f1: 0.4})
             if len(terms) > 1:
-                loss = loss * weight
                 sub = {f"{kind}_{k}": v * weight for k, v in sub.items()}
+            else:
+                sub = {k: v * weight for k, v in sub.items()}
             parts.update(sub)
             total = loss if total is None else total + loss
         return total, parts

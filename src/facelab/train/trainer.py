@@ -212,11 +212,14 @@ class Trainer:
                           **{f"val_{t}_f1": val[t]["macro_f1"] for t in (*TASKS, "class18") if t in val}}
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
-                improved = val["score"] > state["best_score"]
+                # With SWA only averaged epochs may become best.pt, and the run may not stop
+                # early before averaging starts: the SWA model is what was asked for.
+                eligible = self.averager.kind != "swa" or self.averager.swa_active(epoch)
+                improved = eligible and val["score"] > state["best_score"]
                 if improved:
                     state.update(best_score=val["score"], best_epoch=epoch + 1, stale=0, best_val=val)
                     save_checkpoint(self.out / "best.pt", self._payload(model, state))
-                else:
+                elif eligible:
                     state["stale"] += 1
                 extra = {}
                 if self.averager.kind:  # "model" holds the average; keep what resume needs
