@@ -71,7 +71,7 @@ class RowDecoder:
     def cropper(self):
         """The detector cascade for crop="detect", created on first use."""
         if self._cropper is None:
-            from facelab.detect import FaceCropper  # heavy; only for detect mode
+            from facelab.detect.cascade import FaceCropper  # heavy; only for detect mode
 
             self._cropper = FaceCropper(
                 self.settings.detector, margin=self.settings.margin, square=self.settings.square
