@@ -77,11 +77,21 @@ def predict_cmd(
 
         facelab predict runs/mt --competition data/ --out preds.csv --submission submission.csv
     """
-    from facelab.predict.predict import input_table, predict_table, write_submission
+    from facelab.predict.predict import input_table, predict_table
 
     table = input_table(competition and str(competition), csv and str(csv), boxes and str(boxes),
                         folder and str(folder))
     preds, bad = predict_table(run, table, tta)
+    write_prediction_files(preds, bad, out, submission, competition is not None)
+
+
+def write_prediction_files(preds, bad, out: Path, submission: Optional[Path], competition: bool,
+                           note: str = "") -> None:
+    """Write what `facelab predict` and `facelab ensemble` produce: the per-task probabilities
+    CSV, the ImageID,ans submission (default beside `out` for a competition), and the list
+    of unreadable images."""
+    from facelab.predict.predict import write_submission
+
     out.parent.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out, index=False)
     if competition and submission is None:
@@ -89,7 +99,7 @@ def predict_cmd(
     if submission:
         write_submission(preds, submission)
         typer.echo(f"submission: {submission} ({len(preds)} rows)")
-    typer.echo(f"predictions: {out} ({len(preds)} rows)")
+    typer.echo(f"predictions: {out} ({len(preds)} rows{note})")
     if len(bad):
         bad_path = out.with_name(out.stem + "_unreadable.csv")
         bad.to_csv(bad_path, index=False)

@@ -92,8 +92,9 @@ def ensemble_cmd(
 
         facelab ensemble runs/mobilenet runs/resnet18/best.pt --vote hard --split test
     """
+    from facelab.cli.attributes import write_prediction_files
     from facelab.predict.ensemble import evaluate_ensemble, predict_ensemble
-    from facelab.predict.predict import input_table, write_submission
+    from facelab.predict.predict import input_table
 
     if split and not any((competition, csv, boxes, folder)):
         from facelab.evaluate.metrics import summary_line
@@ -108,22 +109,7 @@ def ensemble_cmd(
         folder and str(folder),
     )
     preds, bad = predict_ensemble(runs, table, vote, tta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    preds.to_csv(out, index=False)
-    if competition and submission is None:
-        submission = out.with_name("submission.csv")
-    if submission:
-        write_submission(preds, submission)
-        typer.echo(f"submission: {submission} ({len(preds)} rows)")
-    typer.echo(f"predictions: {out} ({len(preds)} rows, {vote} vote)")
-    if len(bad):
-        bad_path = out.with_name(out.stem + "_unreadable.csv")
-        bad.to_csv(bad_path, index=False)
-        typer.secho(
-            f"{len(bad)} unreadable image(s) skipped, listed in {bad_path}",
-            fg=typer.colors.YELLOW,
-            err=True,
-        )
+    write_prediction_files(preds, bad, out, submission, competition is not None, f", {vote} vote")
 
 
 @app.command("clean")
