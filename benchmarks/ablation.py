@@ -40,6 +40,7 @@ from facelab.evaluate.metrics import task_metrics  # noqa: E402
 from facelab.paths import data_root  # noqa: E402
 from facelab.predict.ensemble import soft_vote  # noqa: E402
 from facelab.predict.inference import predict_pixels  # noqa: E402
+from facelab.predict.probs import frame_to_probs  # noqa: E402
 from facelab.train.checkpoint import load_model  # noqa: E402
 from facelab.train.config import load_config  # noqa: E402
 from facelab.train.kfold import fit_kfold  # noqa: E402
@@ -72,7 +73,13 @@ def mask_scores(y: np.ndarray, probs: dict) -> tuple[float, float]:
 
 
 def fold_test_probs(run: Path, folds: int, data, idx: np.ndarray, tta: bool) -> list[dict]:
-    """Each fold model's probabilities on the test rows (read back or recomputed)."""
+    """Each fold model's probabilities on the test rows: read back from the k-fold run's
+    test_predictions.csv (written without TTA here), recomputed only for TTA."""
+    if not tta:
+        saved = pd.read_csv(run / "test_predictions.csv")
+        parts = [saved[saved["fold"] == k] for k in range(folds)]
+        assert all((p["row"].to_numpy() == idx).all() for p in parts), "test rows changed"
+        return [frame_to_probs(p) for p in parts]
     out = []
     for k in range(folds):
         model, cfg, _ = load_model(run / f"fold_{k}")
