@@ -284,6 +284,7 @@ SWITCHES = {
     "ema": ["ema.decay=0.9"],
     "one_wear": ["sampler=one_wear_per_person"],
     "balanced": ["sampler=balanced", "loss.class_weights=balanced"],
+    "soft age + cutmix": ["loss.age_sigma=2", "augment.cutmix=1.0", "loss.terms={focal: 0.6, soft_f1: 0.4}"],
 }
 
 
@@ -327,6 +328,12 @@ def test_tiny_run_with_each_switch_completes(name, tiny_data, tmp_path):
             model(x)
         normalised = (center_crop(x, cfg.augment.center_crop) - model.mean) / model.std
         assert torch.allclose(seen[0], normalised, atol=1e-5)
+
+
+def test_soft_age_needs_the_multitask_head(tiny_data, tmp_path):
+    cfg_path, data = tiny_data
+    with pytest.raises(ConfigError, match="age_sigma"):
+        fit(load_config(cfg_path, [*TINY, "loss.age_sigma=2", "model.head=flat18"]), tmp_path / "r", data=data)
 
 
 @pytest.mark.parametrize("switch", [["ema.decay=0.8"], ["swa.start_epoch=2", "swa.lr=0.001"]])

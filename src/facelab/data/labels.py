@@ -74,6 +74,29 @@ class AgeScheme:
         out = np.where(ages < self.young_max, 0, np.where(ages >= self.old_min, 2, 1))
         return np.where(np.isnan(ages) | (ages < 0), MISSING, out).astype(np.int64)
 
+    def soft_groups(self, ages: np.ndarray, sigma: float) -> np.ndarray:
+        """(N, 3) age-group probabilities of an age read with Gaussian noise of `sigma` years.
+
+        Ages are whole years, so the boundaries sit half a year below each threshold. A
+        29-year-old with sigma 2 is 0.60 "<30" and 0.40 "30-59"; a 45-year-old is all
+        "30-59". Rows with an unknown age are NaN.
+
+        Example:
+            >>> AgeScheme().soft_groups(np.array([29, 45]), 2.0).round(2).tolist()
+            [[0.6, 0.4, 0.0], [0.0, 1.0, 0.0]]
+        """
+        from scipy.stats import norm
+
+        if not sigma > 0:
+            raise ConfigError(f"soft age groups need sigma > 0 years, got {sigma}")
+        ages = np.asarray(ages, dtype=float)
+        young = norm.cdf((self.young_max - 0.5 - ages) / sigma)
+        old = norm.sf((self.old_min - 0.5 - ages) / sigma)
+        out = np.stack([young, 1 - young - old, old], 1).clip(0, 1)
+        out /= out.sum(1, keepdims=True)
+        out[np.isnan(ages) | (ages < 0)] = np.nan
+        return out
+
     def in_drop_band(self, ages: np.ndarray) -> np.ndarray:
         """Boolean mask of ages inside the training drop band (False where no band is set)."""
         ages = np.asarray(ages, dtype=float)

@@ -20,7 +20,7 @@ from facelab.models.heads import consistent_classes, task_log_probs
 LOSS_KINDS = ("ce", "focal", "soft_f1")
 
 __all__ = ["LOSS_KINDS", "LossConfig", "MultiTaskLoss", "balanced_class_weights",
-           "consistent_classes", "set_nll", "soft_f1_loss"]
+           "consistent_classes", "set_nll", "soft_f1_loss", "soft_nll"]
 
 
 @dataclass
@@ -36,6 +36,10 @@ class LossConfig:
         class_weights: "none" or "balanced" (inverse square-root class frequency per task);
             ce/focal only.
         task_weights: weight of each task's loss in the sum.
+        age_sigma: soft age-group targets for samples with an exact age: the age is read
+            with Gaussian noise of this many years, so faces near a group boundary (29, 59)
+            train towards both groups (0 = hard labels). Multitask head only; label smoothing
+            still applies on top.
     """
 
     kind: str = "ce"
@@ -45,6 +49,7 @@ class LossConfig:
     class_weights: str = "none"
     task_weights: dict[str, float] = field(
         default_factory=lambda: {"mask": 1.0, "gender": 1.0, "age": 1.0})
+    age_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -60,6 +65,8 @@ class LossConfig:
             raise ConfigError("loss.class_weights must be 'none' or 'balanced'")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("loss.label_smoothing must be in [0, 1)")
+        if not 0 <= self.age_sigma <= 20:
+            raise ConfigError(f"loss.age_sigma is in years, 0 (hard labels) to 20; got {self.age_sigma}")
 
     def weighted_terms(self) -> dict[str, float]:
         """{loss kind: weight} actually summed."""
@@ -90,12 +97,36 @@ def set_nll(
     return nll.mean()
 
 
-def soft_f1_loss(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def soft_nll(logp: torch.Tensor, q: torch.Tensor, cfg: LossConfig,
+             weights: torch.Tensor | None = None, kind: str | None = None) -> torch.Tensor:
+    """Mean loss of log-probs (B, K) against target distributions q (B, K): the expected
+    CE / focal loss under q, label smoothing and per-sample weights as in `set_nll`.
+
+    Example:
+        >>> lp = torch.log(torch.tensor([[0.5, 0.5]]))
+        >>> round(float(soft_nll(lp, torch.tensor([[1.0, 0.0]]), LossConfig(label_smoothing=0))), 4)
+        0.6931
+    """
+    nll = -logp
+    if (kind or cfg.kind) == "focal":
+        nll = nll * (1 - logp.exp()).clamp(min=0) ** cfg.focal_gamma
+    nll = (q * nll).sum(-1)
+    if cfg.label_smoothing:
+        uniform = -logp.clamp(min=-100).mean(-1)
+        nll = (1 - cfg.label_smoothing) * nll + cfg.label_smoothing * uniform
+    if weights is not None:
+        return (nll * weights).sum() / weights.sum().clamp(min=1e-12)
+    return nll.mean()
+
+
+def soft_f1_loss(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-7,
+                 q: torch.Tensor | None = None) -> torch.Tensor:
     """1 - macro soft F1 from probabilities (B, K) and targets (B,) (MISSING rows ignored).
 
     True/false positives and false negatives are sums of probabilities instead of counts, so
     the loss is differentiable. The macro mean runs over the classes present in the batch,
-    so perfect predictions give 0.
+    so perfect predictions give 0. `q` (B, K), if given, replaces the one-hot targets with
+    target distributions (soft age groups).
 
     Example:
         >>> y = torch.tensor([0, 1, -1])
@@ -108,7 +139,7 @@ def soft_f1_loss(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-7) -> tor
     if not known.any():
         return probs.sum() * 0
     p = probs[known]
-    onehot = F.one_hot(y[known], probs.shape[1]).to(p.dtype)
+    onehot = F.one_hot(y[known], probs.shape[1]).to(p.dtype) if q is None else q[known].to(p.dtype)
     tp = (p * onehot).sum(0)
     fp = (p * (1 - onehot)).sum(0)
     fn = ((1 - p) * onehot).sum(0)
@@ -162,12 +193,16 @@ class MultiTaskLoss:
         return loss, {"all": float(loss.detach())}
 
     def _task_nll(self, logp, targets, kind):
-        return self._per_task(logp, targets, lambda task, lp, y: set_nll(
-            lp.gather(1, y[:, None]).squeeze(1), lp, self.cfg,
-            None if task not in self.class_weights else self.class_weights[task][y], kind=kind))
+        def nll(task, lp, y, q):
+            w = None if task not in self.class_weights else self.class_weights[task][y]
+            if q is not None:
+                return soft_nll(lp, q, self.cfg, w, kind=kind)
+            return set_nll(lp.gather(1, y[:, None]).squeeze(1), lp, self.cfg, w, kind=kind)
+
+        return self._per_task(logp, targets, nll)
 
     def _soft_f1(self, logp, targets):
-        return self._per_task(logp, targets, lambda task, lp, y: soft_f1_loss(lp.exp(), y))
+        return self._per_task(logp, targets, lambda task, lp, y, q: soft_f1_loss(lp.exp(), y, q=q))
 
     def _per_task(self, logp, targets, fn):
         total, parts = None, {}
@@ -176,7 +211,12 @@ class MultiTaskLoss:
             known = y != MISSING
             if not known.any() or self.cfg.task_weights.get(task, 1.0) == 0:
                 continue
-            loss = fn(task, logp[task][known], y[known])
+            q = targets.get(f"{task}_soft")  # (B, K) target distributions, NaN rows = use y
+            if q is not None:
+                q = q[known]
+                hard = torch.isnan(q).any(1)
+                q = torch.where(hard[:, None], F.one_hot(y[known], q.shape[1]).to(q.dtype), q)
+            loss = fn(task, logp[task][known], y[known], q)
             loss = loss * self.cfg.task_weights.get(task, 1.0)
             parts[task] = float(loss.detach())
             total = loss if total is None else total + loss

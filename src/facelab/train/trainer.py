@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -92,6 +93,12 @@ class Trainer:
         if cfg.loss.class_weights == "balanced":
             idx = self.data.indices("train")
             weights = balanced_class_weights({t: self.data.targets[t][idx] for t in TASKS})
+        self._age_soft = None
+        if cfg.loss.age_sigma > 0:
+            if cfg.model.head != "multitask":
+                raise ConfigError("loss.age_sigma (soft age groups) needs model.head: multitask")
+            ages = pd.to_numeric(self.data.table["age"], errors="coerce").to_numpy(float)
+            self._age_soft = self.cfg.data.age_scheme().soft_groups(ages, cfg.loss.age_sigma).astype(np.float32)
         return model, opt, sched, MultiTaskLoss(cfg.loss, weights)
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -146,6 +153,8 @@ class Trainer:
             idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
             x = augment(to_tensor(self.data.cache.pixels[idx], cfg.channels_last), cfg.augment, gen)
             y = {t: torch.from_numpy(self.data.targets[t][idx]) for t in TASKS}
+            if self._age_soft is not None:
+                y["age_soft"] = torch.from_numpy(self._age_soft[idx])
             loss = self._batch_loss(model, x, y, gen, loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
