@@ -8,6 +8,7 @@ import torch
 from facelab.data.labels import TASKS
 from facelab.models.heads import task_log_probs
 from facelab.train.augment import to_tensor
+from facelab.runtime import tune_allocator
 
 
 @torch.inference_mode()
@@ -27,6 +28,7 @@ def predict_pixels(
     Example:
         >>> probs = predict_pixels(model, cache.pixels, tta=True)  # doctest: +SKIP
     """
+    tune_allocator()
     model.eval()
     idx = np.arange(len(pixels)) if indices is None else np.asarray(indices)
     out: dict[str, list[np.ndarray]] = {t: [] for t in TASKS}

@@ -25,6 +25,7 @@ from facelab.errors import ConfigError
 from facelab.evaluate.metrics import all_metrics, summary_line
 from facelab.models.heads import class18_log_probs, task_log_probs
 from facelab.predict.inference import predict_pixels
+from facelab.runtime import tune_allocator
 from facelab.train.augment import add_eval_center_crop, augment, center_crop, to_tensor
 from facelab.train.averaging import WeightAverager
 from facelab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
@@ -182,6 +183,7 @@ class Trainer:
         call with resume=True continues exactly where it stopped.
         """
         cfg, t_start = self.cfg, time.perf_counter()
+        tune_allocator()  # ~1.4x faster steps on CPU (see facelab.runtime)
         cfg.save(self.out / "config.yaml")
         with _progress() as bar:
             if self.data is None:
