@@ -90,6 +90,8 @@ def main() -> None:
     masked = [np.stack([paint_synthetic_mask(c, rng) for c in lfw_chips]) for _ in range(args.twins)]
     plain = embed(lfw_chips, args.out / f"vec_lfw_{args.align}.npy")
     twins = [embed(m, args.out / f"vec_lfw_{args.align}_masked{k}.npy") for k, m in enumerate(masked)]
+    # LFW dlib vectors in the format benchmarks/search_bench.py --lfw reads
+    np.savez(args.out / "lfw_dlib_embeddings.npz", paths=np.array(lfw_paths), vectors=plain)
 
     rmfd_pairs = load_pairs(rmfd_root / "pairs.csv")
     rmfd_paths = sorted(set(rmfd_pairs.image_a) | set(rmfd_pairs.image_b))
