@@ -1,11 +1,12 @@
 """Process-level speed settings for CPU training and inference.
 
 glibc's malloc serves big blocks (a batch of activations is tens of MB) with fresh mmap()
-pages and hands them back on free, so every training step page-faults its whole working set
-in again: on the 2-core development CPU, MobileNetV2 at 128px spent ~15% of its time in the
-kernel (128 million page faults in one 43-minute run). Keeping freed memory in the heap
-removes that: 62 -> 87 img/s with 4 frozen blocks, 90 -> 125 img/s with 7 (batch 64).
-The cost is that the process does not return freed memory to the OS until it exits.
+pages and hands them back on free, so every training step page-faults its working set in
+again: one 43-minute MobileNetV2 run on the 2-core development CPU took 129 million page
+faults. Keeping freed memory in the heap removes them and the kernel time they cost.
+`benchmarks/train_step_speed.py` (batch 64, 128px) measured 73-79 -> 96-106 img/s with 7
+frozen blocks; with 4 frozen blocks the gain was within the machine's noise (71 -> 76 and
+77 -> 75 img/s in two runs). The cost: the process keeps freed memory until it exits.
 
 Set FACELAB_MALLOC_TUNE=0 to leave the allocator alone.
 """
