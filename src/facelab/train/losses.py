@@ -89,6 +89,12 @@ def set_nll(
     nll = -logp_target
     if (kind or cfg.kind) == "focal":
         nll = nll * (1 - logp_target.exp()).clamp(min=0) ** cfg.focal_gamma
+    return _smooth_and_reduce(nll, logp_all, cfg, weights)
+
+
+def _smooth_and_reduce(nll: torch.Tensor, logp_all: torch.Tensor, cfg: LossConfig,
+                       weights: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample losses (B,) -> label-smoothed, (weighted) mean."""
     if cfg.label_smoothing:
         uniform = -logp_all.clamp(min=-100).mean(-1)
         nll = (1 - cfg.label_smoothing) * nll + cfg.label_smoothing * uniform
@@ -110,13 +116,7 @@ def soft_nll(logp: torch.Tensor, q: torch.Tensor, cfg: LossConfig,
     nll = -logp
     if (kind or cfg.kind) == "focal":
         nll = nll * (1 - logp.exp()).clamp(min=0) ** cfg.focal_gamma
-    nll = (q * nll).sum(-1)
-    if cfg.label_smoothing:
-        uniform = -logp.clamp(min=-100).mean(-1)
-        nll = (1 - cfg.label_smoothing) * nll + cfg.label_smoothing * uniform
-    if weights is not None:
-        return (nll * weights).sum() / weights.sum().clamp(min=1e-12)
-    return nll.mean()
+    return _smooth_and_reduce((q * nll).sum(-1), logp, cfg, weights)
 
 
 def soft_f1_loss(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-7,
