@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,15 @@ def competition(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own preprocessing cache folder."""
     monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+
+
+def run_cli(*args: str, cwd: Path, cache: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m facelab ARGS` in a subprocess, one CPU thread (and its own cache folder)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if cache is not None:
+        env["FACELAB_CACHE"] = str(cache)
+    return subprocess.run([sys.executable, "-m", "facelab", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 def real_data(name: str) -> Path:

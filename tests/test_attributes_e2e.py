@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 
 from facelab.data.formats import SourceSpec
 from facelab.train.config import load_config
@@ -20,8 +20,7 @@ TINY = ["model.backbone=mobilenet_v3_small", "model.pretrained=''", "data.image_
 
 
 def facelab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facelab", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return run_cli(*args, cwd=cwd, timeout=600)
 
 
 def write_config(path: Path, competition: Path) -> Path:

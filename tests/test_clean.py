@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from facelab.clean.rank import corrections_template, rank_label_issues
@@ -165,21 +163,9 @@ def test_apply_corrections_errors_name_the_file(tmp_path, text, message):
         apply_corrections(fake_data(tmp_path), tmp_path / "nope.csv")
 
 
-def facelab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "facelab", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-
-
 def test_clean_cli_from_oof_file(tmp_path):
     synthetic_oof(tmp_path).to_csv(tmp_path / "oof.csv", index=False)
-    r = facelab(
+    r = run_cli(
         "clean", "--oof", str(tmp_path / "oof.csv"), "--top", "10", "--prefill", cwd=tmp_path
     )
     assert r.returncode == 0, r.stderr
@@ -188,14 +174,14 @@ def test_clean_cli_from_oof_file(tmp_path):
     assert corr.iloc[0]["path"].endswith("img7.png") and corr.iloc[0]["new"] != corr.iloc[0]["old"]
     assert "data:image/png;base64," in (out / "review.html").read_text()
     assert len(pd.read_csv(out / "ranked.csv")) == 39
-    r = facelab("clean", cwd=tmp_path)
+    r = run_cli("clean", cwd=tmp_path)
     assert r.returncode == 2 and "exactly one of --oof FILE or --quick" in r.stderr
 
 
 def test_clean_cli_quick_on_tiny_competition(competition, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{competition}'}}\n")
-    r = facelab(
+    r = run_cli(
         "clean",
         "--quick",
         "-c",

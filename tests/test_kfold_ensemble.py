@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_competition
+from conftest import make_competition, run_cli
 
 from facelab.data.labels import TASKS
 from facelab.errors import CheckpointError, ConfigError
@@ -30,18 +26,6 @@ TINY = [
 ]
 
 
-def facelab(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FACELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "facelab", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-
-
 @pytest.fixture(scope="module")
 def kf(tmp_path_factory):
     """One 3-fold run through the CLI, shared by the tests of this module."""
@@ -50,7 +34,7 @@ def kf(tmp_path_factory):
     cfg = root / "c.yaml"
     cfg.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{comp}'}}\n")
     sets = [x for s in TINY for x in ("--set", s)]
-    r = facelab(
+    r = run_cli(
         "kfold",
         "-c",
         str(cfg),
@@ -114,7 +98,7 @@ def test_resume_skips_finished_folds_and_continues_an_interrupted_one(kf, data):
 
     out = kf["out"]
     stamps = {k: (out / f"fold_{k}" / "best.pt").stat().st_mtime_ns for k in range(FOLDS)}
-    r = facelab(
+    r = run_cli(
         "kfold",
         "-c",
         str(kf["cfg"]),
@@ -171,7 +155,7 @@ def test_ensemble_cli_writes_the_predict_files(kf, data):
     from facelab.predict.predict import input_table, predict_table
 
     root = kf["root"]
-    r = facelab(
+    r = run_cli(
         "ensemble",
         str(kf["out"]),
         "--vote",
@@ -198,7 +182,7 @@ def test_ensemble_cli_writes_the_predict_files(kf, data):
     assert list(ens.columns) == list(parts[0].columns)
     cols = [c for c in ens.columns if c.startswith("p_")]
     assert np.allclose(ens[cols], np.mean([p[cols].to_numpy() for p in parts], 0), atol=1e-5)
-    r = facelab(
+    r = run_cli(
         "ensemble",
         str(kf["out"]),
         "--vote",
