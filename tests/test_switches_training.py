@@ -285,6 +285,7 @@ SWITCHES = {
     "one_wear": ["sampler=one_wear_per_person"],
     "balanced": ["sampler=balanced", "loss.class_weights=balanced"],
     "soft age + cutmix": ["loss.age_sigma=2", "augment.cutmix=1.0", "loss.terms={focal: 0.6, soft_f1: 0.4}"],
+    "calibrate": ["calibrate=true"],
 }
 
 
@@ -316,6 +317,10 @@ def test_tiny_run_with_each_switch_completes(name, tiny_data, tmp_path):
         assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
     if cfg.optim.schedule == "plateau":
         assert "best" in ckpt["scheduler"]
+    if cfg.calibrate:  # decision biases vetted on validation, stored with best.pt
+        cal = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["calibration"]
+        assert set(cal) == {"mask", "gender", "age"} and (tmp_path / "run" / "calibration.json").is_file()
+        assert all("validation" in v["reason"] for v in cal.values())
     model, _, _ = load_model(tmp_path / "run")  # evaluate/predict load it like any run
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():

@@ -42,6 +42,9 @@ def evaluate_cmd(
     split: str = typer.Option("test", help="Split to evaluate: test (reported), val or train."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default RUN/eval_SPLIT)."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip TTA (default: as trained)."),
+    calibrated: Optional[bool] = typer.Option(
+        None, "--calibrate/--no-calibrate",
+        help="Decision biases tuned on the validation split (default: as trained, config calibrate)."),
 ) -> None:
     """Evaluate on the run's held-out person-level split and write a report with plots.
 
@@ -52,11 +55,13 @@ def evaluate_cmd(
     from facelab.evaluate.metrics import summary_line
     from facelab.evaluate.report import evaluate_run
 
-    metrics, path = evaluate_run(run, split, out, tta)
+    metrics, path = evaluate_run(run, split, out, tta, calibrated)
     typer.echo(summary_line(metrics))
     if "mask" in metrics:
         f1 = metrics["mask"]["per_class_f1"]
         typer.echo(f"mask per-class F1: correct {f1[0]:.3f} incorrect {f1[1]:.3f} none {f1[2]:.3f}")
+    if "uncalibrated" in metrics:
+        typer.echo("without decision biases: " + summary_line(metrics["uncalibrated"]))
     typer.echo(f"report: {path}")
 
 
@@ -70,6 +75,9 @@ def predict_cmd(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Per-task probabilities CSV."),
     submission: Optional[Path] = typer.Option(None, help="Also write ImageID,ans (default for --competition: submission.csv beside --out)."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip TTA (default: as trained)."),
+    calibrated: Optional[bool] = typer.Option(
+        None, "--calibrate/--no-calibrate",
+        help="Decision biases tuned on the validation split (default: as trained, config calibrate)."),
 ) -> None:
     """Predict mask / gender / age (and the 18-class id) for images.
 
@@ -81,7 +89,7 @@ def predict_cmd(
 
     table = input_table(competition and str(competition), csv and str(csv), boxes and str(boxes),
                         folder and str(folder))
-    preds, bad = predict_table(run, table, tta)
+    preds, bad = predict_table(run, table, tta, calibrated=calibrated)
     write_prediction_files(preds, bad, out, submission, competition is not None)
 
 

@@ -146,22 +146,31 @@ def _html(title: str, md: str, images: list[tuple[str, str]]) -> str:
 
 
 def evaluate_run(run: str | Path, split: str = "test", out: str | Path | None = None,
-                 tta: bool | None = None) -> tuple[dict, Path]:
+                 tta: bool | None = None, calibrated: bool | None = None) -> tuple[dict, Path]:
     """Evaluate a run's best checkpoint on one of its splits and write the report.
+
+    With decision biases (config `calibrate`, or `calibrated=True`) the headline figures use
+    them, and metrics["uncalibrated"] keeps the plain-argmax figures beside them.
 
     Example:
         >>> metrics, html_path = evaluate_run("runs/mt")  # doctest: +SKIP
     """
+    from facelab.predict.calibrate import checkpoint_calibration
     from facelab.predict.inference import predict_pixels
     from facelab.train.checkpoint import load_model
     from facelab.train.trainer import prepare_for
 
     model, cfg, ckpt = load_model(run)
     tta = cfg.tta if tta is None else tta
+    cal = checkpoint_calibration(cfg, ckpt, calibrated)
     data = prepare_for(cfg)
     idx = data.indices(split)
     probs = predict_pixels(model, data.cache.pixels, idx, tta=tta, channels_last=cfg.channels_last)
     targets = {t: data.targets[t][idx] for t in TASKS}
+    uncalibrated = None
+    if cal is not None and cal.active:
+        uncalibrated = all_metrics(targets, probs)
+        probs = cal.apply(probs)
     metrics = all_metrics(targets, probs)
     out = Path(out) if out else Path(ckpt["path"]).parent / f"eval_{split}"
     table = data.table.iloc[idx].reset_index(drop=True)
@@ -175,8 +184,16 @@ def evaluate_run(run: str | Path, split: str = "test", out: str | Path | None = 
              "person-level, never seen in training or model selection)",
              f"model: {cfg.model.backbone} + {cfg.model.head} head, {cfg.data.image_size}px, "
              f"crop {cfg.data.crop}, TTA {'on' if tta else 'off'}"]
+    if cal is not None:
+        notes.append(f"decision biases tuned on the validation split: {cal.describe()}")
+        if uncalibrated is not None:
+            notes.append("without them (plain argmax): " + ", ".join(
+                f"{t} macro F1 {uncalibrated[t]['macro_f1']:.4f}" for t in TASKS if t in uncalibrated))
     stages = [data.cache.stages[i] for i in idx]
     path = write_report(out, f"facelab evaluation: {Path(ckpt['path']).parent.name}", metrics,
                         table, targets, probs, stages, ckpt["state"].get("history", []),
                         data.bad_images(), notes)
+    if uncalibrated is not None:
+        metrics["uncalibrated"] = uncalibrated
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics, path

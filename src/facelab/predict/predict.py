@@ -10,7 +10,7 @@ import pandas as pd
 
 from facelab.data.cache import PixelCache
 from facelab.data.formats import SourceSpec, empty_table, load_source
-from facelab.data.labels import CLASS_NAMES, TASKS, encode_array
+from facelab.data.labels import CLASS_NAMES, TASKS
 from facelab.errors import DataFormatError
 from facelab.io.image import is_image_file
 
@@ -50,39 +50,34 @@ def input_table(competition: str | None = None, csv: str | None = None,
 
 
 def predict_table(run: str | Path, table: pd.DataFrame, tta: bool | None = None,
-                  progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress=None, calibrated: bool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predict every row with a run's best model; returns (predictions, unreadable images).
 
     Predictions hold per-task probabilities (p_mask_correct, ...), the predicted task labels
     and the 18-class id `ans`. Rows whose image could not be read get the most frequent
-    predicted class and `ok = False`.
+    predicted class and `ok = False`. With decision biases (config `calibrate`, or
+    `calibrated=True`) the probabilities and labels include them.
 
     Example:
         >>> preds, bad = predict_table("runs/mt", folder_table("photos"))  # doctest: +SKIP
     """
+    from facelab.predict.calibrate import checkpoint_calibration
     from facelab.predict.inference import predict_pixels
+    from facelab.predict.probs import prediction_frame
     from facelab.train.checkpoint import load_model
 
-    model, cfg, _ = load_model(run)
+    model, cfg, ckpt = load_model(run)
     tta = cfg.tta if tta is None else tta
+    cal = checkpoint_calibration(cfg, ckpt, calibrated)
     cache = PixelCache.build(table, cfg.data.pixel_settings(), progress=progress)
     ok = np.flatnonzero(cache.ok)
     probs = predict_pixels(model, cache.pixels, ok, tta=tta, channels_last=cfg.channels_last)
-    out = pd.DataFrame({"sample_id": table["sample_id"].to_numpy(), "path": table["path"].to_numpy(),
-                        "ok": cache.ok})
-    for task in TASKS:
-        full = np.full((len(table), len(CLASS_NAMES[task])), np.nan)
-        full[ok] = probs[task]
-        for j, name in enumerate(CLASS_NAMES[task]):
-            out[f"p_{task}_{name}"] = full[:, j]
-        pred = np.full(len(table), -1)
-        pred[ok] = probs[task].argmax(1)
-        out[task] = pred
-    ans = encode_array(out["mask"], out["gender"], out["age"])
-    if len(ok) < len(table):
-        fill = int(pd.Series(ans[ok]).mode().iloc[0]) if len(ok) else 0
-        ans = np.where(cache.ok, ans, fill)
-    out["ans"] = ans
+    if cal is not None:
+        probs = cal.apply(probs)
+    full = {t: np.zeros((len(table), len(CLASS_NAMES[t]))) for t in TASKS}
+    for t in TASKS:
+        full[t][ok] = probs[t]
+    out = prediction_frame(table, full, cache.ok)
     out["crop_stage"] = cache.stages
     bad = pd.DataFrame({"path": table["path"].to_numpy()[sorted(cache.errors)],
                         "error": [cache.errors[i] for i in sorted(cache.errors)]})

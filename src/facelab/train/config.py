@@ -140,6 +140,10 @@ class TrainConfig:
         threads: torch CPU threads (0 = torch's default).
         channels_last: NHWC memory layout (1.6-1.8x faster for convnets on CPU).
         tta: horizontal-flip test-time augmentation for validation and evaluation.
+        calibrate: after training, tune per-class decision biases for macro F1 on the
+            validation split and apply them in evaluate/predict, per task only where
+            cross-fitting over validation persons says they help
+            (facelab.predict.calibrate).
         swa: stochastic weight averaging (see facelab.train.averaging.SwaConfig).
         ema: exponential moving average of the weights (facelab.train.averaging.EmaConfig).
     """
@@ -159,6 +163,7 @@ class TrainConfig:
     threads: int = 0
     channels_last: bool = True
     tta: bool = False
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

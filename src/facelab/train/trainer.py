@@ -8,6 +8,7 @@ config: loss terms, margin heads, CutMix/MixUp, schedules, SWA/EMA, samplers, co
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import random
 import time
@@ -174,7 +175,31 @@ class Trainer:
         idx = self.data.indices(split)
         probs = predict_pixels(model, self.data.cache.pixels, idx, tta=self.cfg.tta,
                                channels_last=self.cfg.channels_last)
+        self._val_probs = probs  # kept for calibration when this epoch becomes best.pt
         return all_metrics({t: self.data.targets[t][idx] for t in TASKS}, probs)
+
+    def _calibrate(self, best_probs: dict | None) -> None:
+        """Tune decision biases on the validation split for best.pt and store them in it."""
+        from facelab.predict.calibrate import calibrate
+        from facelab.train.checkpoint import load_model
+
+        idx, path = self.data.indices("val"), self.out / "best.pt"
+        if not len(idx) or not path.is_file():
+            log.warning("calibrate: no validation split or no best.pt; skipped")
+            return
+        ckpt = load_checkpoint(path)
+        if best_probs is None:  # resumed after training ended: predict again
+            if "calibration" in ckpt:
+                return
+            model, _, _ = load_model(path)
+            best_probs = predict_pixels(model, self.data.cache.pixels, idx, tta=self.cfg.tta,
+                                        channels_last=self.cfg.channels_last)
+        cal = calibrate(best_probs, {t: self.data.targets[t][idx] for t in TASKS},
+                        self.data.table["person"].to_numpy()[idx])
+        ckpt.pop("path", None)
+        save_checkpoint(path, {**ckpt, "calibration": cal.to_dict()})
+        (self.out / "calibration.json").write_text(json.dumps(cal.to_dict(), indent=1))
+        log.info("calibration: %s", cal.describe())
 
     def fit(self, resume: bool = True, stop_after: int | None = None) -> FitResult:
         """Train (or resume) until `epochs` or early stopping; returns the best validation result.
@@ -206,7 +231,7 @@ class Trainer:
                 state = ckpt["state"]
                 log.info("resumed %s at epoch %d", self.out, state["epoch"])
             writer = self._tensorboard()
-            rates = []
+            rates, best_probs = [], None
             last = cfg.epochs if stop_after is None else min(cfg.epochs, state["epoch"] + stop_after)
             while state["epoch"] < last:
                 epoch = state["epoch"]
@@ -229,6 +254,7 @@ class Trainer:
                 improved = eligible and val["score"] > state["best_score"]
                 if improved:
                     state.update(best_score=val["score"], best_epoch=epoch + 1, stale=0, best_val=val)
+                    best_probs = self._val_probs
                     save_checkpoint(self.out / "best.pt", self._payload(model, state))
                 elif eligible:
                     state["stale"] += 1
@@ -246,6 +272,8 @@ class Trainer:
                     break
             if writer:
                 writer.close()
+            if cfg.calibrate:
+                self._calibrate(best_probs)
         return FitResult(self.out, state["best_epoch"], state.get("best_val", {}), state["history"],
                          float(np.mean(rates)) if rates else 0.0, time.perf_counter() - t_start)
 
