@@ -10,8 +10,14 @@ from sklearn.metrics import f1_score
 
 from facelab.data.labels import MISSING
 from facelab.errors import ConfigError
-from facelab.predict.calibrate import (Calibration, TaskBias, calibrate, checkpoint_calibration,
-                                       fit_biases, macro_f1)
+from facelab.predict.calibrate import (
+    Calibration,
+    TaskBias,
+    calibrate,
+    checkpoint_calibration,
+    fit_biases,
+    macro_f1,
+)
 
 
 def test_macro_f1_matches_sklearn():
