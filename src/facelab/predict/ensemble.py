@@ -99,27 +99,30 @@ def ensemble_pixels(
 
     Each member reads pixels made under its own data settings (size, crop); caches are
     shared between members with equal settings. `tta=None` uses each member's own setting.
+    Members trained with `calibrate` vote with their decision biases applied, as in
+    `facelab predict`.
     """
     from facelab.data.cache import PixelCache
+    from facelab.predict.calibrate import checkpoint_calibration
     from facelab.predict.inference import predict_pixels
     from facelab.train.checkpoint import load_model
 
     caches: dict = {}
     members = []
     for path in expand_runs(runs):
-        model, cfg, _ = load_model(path)
+        model, cfg, ckpt = load_model(path)
         settings = cfg.data.pixel_settings()
         if settings not in caches:
             caches[settings] = PixelCache.build(data.table, settings)
-        members.append(
-            predict_pixels(
-                model,
-                caches[settings].pixels,
-                indices,
-                tta=cfg.tta if tta is None else tta,
-                channels_last=cfg.channels_last,
-            )
+        probs = predict_pixels(
+            model,
+            caches[settings].pixels,
+            indices,
+            tta=cfg.tta if tta is None else tta,
+            channels_last=cfg.channels_last,
         )
+        cal = checkpoint_calibration(cfg, ckpt)  # each member decides as it was trained to
+        members.append(cal.apply(probs) if cal is not None else probs)
     return vote(members, how)
 
 

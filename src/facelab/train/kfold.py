@@ -9,6 +9,7 @@ from its `last.pt` through the trainer's resume. Outputs in `out_dir`:
 
     folds.csv             row key, person and fold of every row (-1: test)
     oof.csv               out-of-fold probabilities for every non-test row, with its labels
+                          (raw model outputs: decision biases from `calibrate` are not applied)
     test_predictions.csv  each fold model's probabilities on the test split (column `fold`)
     kfold_summary.json    per-fold validation scores, OOF metrics, test metrics per fold
                           and of the soft-vote ensemble
