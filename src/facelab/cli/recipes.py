@@ -1,4 +1,4 @@
-"""`facelab kfold | ensemble | clean | runs`: the competition recipes (thin over the library)."""
+"""`facelab kfold | ensemble | clean | runs | compare`: the competition recipes (thin over the library)."""
 
 from __future__ import annotations
 
@@ -210,3 +210,37 @@ def runs_cmd(
     if plot:
         plot_curves(root, table["run"].tolist(), plot, metric)
         typer.echo(f"plot: {plot}")
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: Path = typer.Argument(..., help="Run folder or checkpoint (A, the reference)."),
+    run_b: Path = typer.Argument(..., help="Run folder or checkpoint (B, the candidate)."),
+    split: str = typer.Option("val", help="Split both runs hold: val (to choose) or test (to report)."),
+    n: int = typer.Option(1000, help="Bootstrap resamples of persons."),
+    calibrated: bool = typer.Option(
+        False, "--calibrate/--no-calibrate",
+        help="Apply stored decision biases (off: they were tuned on val, which would flatter them)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
+) -> None:
+    """Is B better than A? Per-task macro F1 of both best checkpoints on the same split rows,
+    with a paired bootstrap over persons: the difference, its 95% interval, P(B better).
+
+    Example:
+
+        facelab compare runs/mt runs/mt_144px --split val
+    """
+    from rich.table import Table
+
+    from facelab.evaluate.compare import compare_runs
+
+    table = compare_runs(run_a, run_b, split, n, calibrated=calibrated)
+    rich_table = Table(title=f"B = {run_b} vs A = {run_a}, {split} split, {n} person resamples")
+    for col in table.columns:
+        rich_table.add_column(col)
+    for _, row in table.iterrows():
+        rich_table.add_row(*(str(v) for v in row))
+    Console(width=200).print(rich_table)
+    if csv:
+        table.to_csv(csv, index=False)
+        typer.echo(f"csv: {csv}")
