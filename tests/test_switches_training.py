@@ -385,3 +385,14 @@ def test_swa_best_checkpoint_is_an_averaged_epoch(tiny_data, tmp_path):
     result = fit(cfg, tmp_path / "run", data=data)
     assert len(result.history) == 3  # patience 1 did not stop it before SWA began
     assert result.best_epoch == 3
+
+
+def test_fresh_start_in_a_used_folder_does_not_mix_runs(tiny_data, tmp_path):
+    cfg_path, data = tiny_data
+    cfg = load_config(cfg_path, [*TINY, "epochs=2"])
+    Trainer(cfg, tmp_path / "r", data).fit(resume=True, stop_after=1)
+    Trainer(cfg, tmp_path / "r", data).fit(resume=True)  # resumed: epochs 1 and 2, once each
+    assert pd.read_csv(tmp_path / "r" / "metrics.csv")["epoch"].tolist() == [1, 2]
+    fit(load_config(cfg_path, TINY), tmp_path / "r", resume=False, data=data)  # afresh, 1 epoch
+    assert pd.read_csv(tmp_path / "r" / "metrics.csv")["epoch"].tolist() == [1]
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["state"]["epoch"] == 1

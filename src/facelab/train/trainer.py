@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,9 @@ class Trainer:
                 sched.load_state_dict(ckpt["scheduler"])
                 state = ckpt["state"]
                 log.info("resumed %s at epoch %d", self.out, state["epoch"])
+            else:
+                self._clear_previous_run()
+            self._rewrite_log(state["history"])  # rows after last.pt's epoch are dropped
             writer = self._tensorboard()
             rates, best_probs = [], None
             last = cfg.epochs if stop_after is None else min(cfg.epochs, state["epoch"] + stop_after)
@@ -297,6 +301,23 @@ class Trainer:
         except ImportError:  # tensorboard is optional at run time
             return None
         return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _clear_previous_run(self) -> None:
+        """A fresh start in a used folder: the old run's checkpoints and logs would mix with
+        the new ones (metrics.csv rows appended, a stale best.pt), so they go."""
+        old = [p for p in (self.out / n for n in ("best.pt", "last.pt", "metrics.csv", "calibration.json"))
+               if p.is_file()]
+        if old or (self.out / "tensorboard").is_dir():
+            log.info("%s: starting afresh, removing the previous run's checkpoints and logs", self.out)
+        for p in old:
+            p.unlink()
+        shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
+
+    def _rewrite_log(self, history: list[dict]) -> None:
+        path = self.out / "metrics.csv"
+        path.unlink(missing_ok=True)
+        if history:
+            pd.DataFrame(history).to_csv(path, index=False)
 
     def _log(self, record: dict, writer) -> None:
         path = self.out / "metrics.csv"
