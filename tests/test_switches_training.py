@@ -396,3 +396,17 @@ def test_fresh_start_in_a_used_folder_does_not_mix_runs(tiny_data, tmp_path):
     fit(load_config(cfg_path, TINY), tmp_path / "r", resume=False, data=data)  # afresh, 1 epoch
     assert pd.read_csv(tmp_path / "r" / "metrics.csv")["epoch"].tolist() == [1]
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["state"]["epoch"] == 1
+
+
+def test_a_run_without_validation_split_trains_and_keeps_its_best_by_train_loss(tmp_path):
+    from conftest import make_competition
+
+    comp = make_competition(tmp_path / "comp", n_people=10)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{comp}'}}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+        cfg = load_config(cfg_path, [*TINY, "data.val_fraction=0", "calibrate=true"])
+        result = fit(cfg, tmp_path / "r")
+    assert result.best_epoch == 1 and result.history[0]["val_score"] < 0  # -train loss
+    assert "calibration" not in torch.load(tmp_path / "r" / "best.pt", weights_only=False)

@@ -72,6 +72,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = data
+        self._val_probs = None  # the last validation predictions (none without a val split)
 
     def _seed(self, epoch: int) -> torch.Generator:
         s = self.cfg.seed * 1009 + epoch
@@ -221,7 +222,7 @@ class Trainer:
             write_split(self.data, self.out / "split.csv")
             self.data.bad_images().to_csv(self.out / "bad_images.csv", index=False)
             model, opt, sched, loss_fn = self._build()
-            state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": [], "stale": 0}
+            state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": -1, "history": [], "stale": 0}
             if resume and (self.out / "last.pt").is_file():
                 ckpt = load_checkpoint(self.out / "last.pt")
                 model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
