@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
 from facelab.evaluate.report import evaluate_run  # noqa: E402
-from facelab.paths import data_root  # noqa: E402
+from facelab.paths import missing_data  # noqa: E402
 from facelab.train.config import load_config  # noqa: E402
 from facelab.train.trainer import fit  # noqa: E402
 
@@ -66,10 +66,10 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true", help="continue an interrupted run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("face-mask-detection", "utkface"):
-        if not (data_root() / name).is_dir():
-            print(f"SKIP: data set {name} not found under {data_root()} (set FACELAB_DATA)")
-            return 0
+    missing = missing_data("face-mask-detection", "utkface")
+    if missing:
+        print(f"SKIP: {missing}")
+        return 0
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.set)
     result = fit(cfg, args.out, resume=args.resume)

@@ -38,7 +38,7 @@ from sklearn.metrics import f1_score  # noqa: E402
 
 from facelab.data.labels import MISSING, TASK_CLASSES, TASKS  # noqa: E402
 from facelab.evaluate.compare import compare_probs  # noqa: E402
-from facelab.paths import data_root  # noqa: E402
+from facelab.paths import missing_data  # noqa: E402
 from facelab.predict.inference import predict_pixels  # noqa: E402
 from facelab.train.checkpoint import load_model  # noqa: E402
 from facelab.train.config import load_config  # noqa: E402
@@ -73,10 +73,10 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000, help="bootstrap resamples of test persons")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("face-mask-detection", "utkface"):
-        if not (data_root() / name).is_dir():
-            print(f"SKIP: data set {name} not found under {data_root()} (set FACELAB_DATA)")
-            return 0
+    missing = missing_data("face-mask-detection", "utkface")
+    if missing:
+        print(f"SKIP: {missing}")
+        return 0
     main_preds = Path(args.main_run) / "eval_test" / "predictions.csv"
     if not main_preds.is_file():
         print(f"SKIP: {main_preds} not found; run scripts/main.sh first")

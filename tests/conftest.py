@@ -78,12 +78,12 @@ def run_cli(*args: str, cwd: Path, cache: Path | None = None, timeout: int = 300
 
 def real_data(name: str) -> Path:
     """The folder of a real data set, or skip the test with the reason."""
-    from facelab.paths import data_root
+    from facelab.paths import data_root, missing_data
 
-    path = data_root() / name
-    if not path.is_dir():
-        pytest.skip(f"real data set {name!r} not found under {data_root()} (set FACELAB_DATA)")
-    return path
+    missing = missing_data(name)
+    if missing:
+        pytest.skip(f"real {missing}")
+    return data_root() / name
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -34,6 +34,20 @@ def dataset_dir(name: str) -> Path:
     return path
 
 
+def missing_data(*names: str) -> str | None:
+    """Why data sets `names` can't be used (the first one missing under :func:`data_root`),
+    or None when all are there: the skip reason of tests and benchmarks that need them.
+
+    Example:
+        >>> missing_data("no-such-set")  # doctest: +ELLIPSIS
+        "data set 'no-such-set' not found under ... (set FACELAB_DATA)"
+    """
+    for name in names:
+        if not (data_root() / name).is_dir():
+            return f"data set {name!r} not found under {data_root()} (set FACELAB_DATA)"
+    return None
+
+
 def cache_root() -> Path:
     """Where decoded/cropped image caches live: $FACELAB_CACHE, else ~/.cache/facelab."""
     env = os.environ.get("FACELAB_CACHE")

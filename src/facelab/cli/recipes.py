@@ -230,17 +230,11 @@ def compare_cmd(
 
         facelab compare runs/mt runs/mt_144px --split val
     """
-    from rich.table import Table
-
     from facelab.evaluate.compare import compare_runs
+    from facelab.evaluate.runs import print_table
 
     table = compare_runs(run_a, run_b, split, n, calibrated=calibrated)
-    rich_table = Table(title=f"B = {run_b} vs A = {run_a}, {split} split, {n} person resamples")
-    for col in table.columns:
-        rich_table.add_column(col)
-    for _, row in table.iterrows():
-        rich_table.add_row(*(str(v) for v in row))
-    Console(width=200).print(rich_table)
+    print_table(table, Console(width=200), f"B = {run_b} vs A = {run_a}, {split} split, {n} person resamples")
     if csv:
         table.to_csv(csv, index=False)
         typer.echo(f"csv: {csv}")

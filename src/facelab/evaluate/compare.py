@@ -67,9 +67,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "val", n: in
     from facelab.train.trainer import prepare_for
 
     probs, keys, targets, groups = [], [], None, None
+    data, data_cfg = None, None
     for run in (run_a, run_b):
         model, cfg, ckpt = load_model(run)
-        data = prepare_for(cfg)
+        if cfg.data != data_cfg:  # B reuses A's preparation when both read the same data
+            data, data_cfg = prepare_for(cfg), cfg.data
         idx = data.indices(split)
         if not len(idx):
             raise ConfigError(f"{run}: its {split!r} split is empty; compare on another split")

@@ -177,13 +177,13 @@ def plot_curves(
     return Path(path)
 
 
-def print_table(table: pd.DataFrame, console=None) -> None:
-    """The runs table as a Rich table."""
+def print_table(table: pd.DataFrame, console=None, title: str | None = None) -> None:
+    """A table (the runs table by default title) as a Rich table; NaN cells print empty."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    rich_table = Table(title=f"{len(table)} run(s)")
+    rich_table = Table(title=title or f"{len(table)} run(s)")
     for col in table.columns:
         rich_table.add_column(col, overflow="fold")
     for _, row in table.iterrows():
