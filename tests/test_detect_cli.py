@@ -31,7 +31,7 @@ def test_crop_and_eval_on_tiny_folder(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "cropped 1" in r.stdout and "failed 1" in r.stdout and "fallback:center: 1" in r.stdout
-    assert Image.open(tmp_path / "out" / "crops" / "a.jpg").size == (32, 32)
+    assert Image.open(tmp_path / "out" / "crops" / "a.png.jpg").size == (32, 32)
     r = _run(
         "crop", str(src), "--out", str(tmp_path / "out"), "--spec", "haar>center", "--size", "32"
     )

@@ -38,6 +38,12 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _shown(name: object) -> str:
+    """A file name on one line: as it is, or quoted when it holds a newline or control bytes."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
 @app.command("detect")
 def detect_cmd(
     images: list[Path] = typer.Argument(..., help="Image files."),
@@ -45,22 +51,50 @@ def detect_cmd(
 ) -> None:
     """Print the faces found in images as CSV (image, score, box, 5 landmarks).
 
+    The CSV is quoted as the csv module does (a comma or newline in a file name stays in
+    its cell). Unreadable images are skipped and listed on stderr; the exit status is
+    non-zero only when no image could be read.
+
     Example:
 
       facelab detect photo.jpg --detector "mtcnn(min_face_size=12)"
     """
+    import csv
+    import sys
+
+    from facelab.errors import CheckpointError, ConfigError, DataFormatError, WeightsError
     from facelab.io import load_image
 
     det = _detector(detector)
-    typer.echo(
-        "image,stage,score,x1,y1,x2,y2," + ",".join(f"lm{i}_{a}" for i in range(5) for a in "xy")
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(
+        ["image", "stage", "score", "x1", "y1", "x2", "y2"]
+        + [f"lm{i}_{a}" for i in range(5) for a in "xy"]
     )
+    failed = 0
     for path in images:
-        for f in det.detect(load_image(path)):
-            lm = f.landmarks.ravel().tolist() if f.landmarks is not None else [""] * 10
+        try:
+            faces = det.detect(load_image(path))
+        except (ConfigError, WeightsError, CheckpointError, MemoryError):
+            raise  # the detector itself is unusable: stop
+        except Exception as exc:  # noqa: BLE001  (skip and list the bad image)
+            failed += 1
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            typer.echo(f"failed: {_shown(path)}: {reason}", err=True)
+            continue
+        for f in faces:
+            lm = f.landmarks.ravel().tolist() if f.landmarks is not None else [None] * 10
             cells = [str(path), f.stage, f"{f.score:.4f}", *(f"{v:.1f}" for v in f.box)]
-            cells += [f"{v:.1f}" if v != "" else "" for v in lm]
-            typer.echo(",".join(cells))
+            cells += ["" if v is None else f"{v:.1f}" for v in lm]
+            writer.writerow(cells)
+        sys.stdout.flush()
+    if failed:
+        typer.echo(f"{len(images) - failed} images read, {failed} failed", err=True)
+    if failed == len(images):
+        raise DataFormatError(
+            f"none of the {failed} images could be read (see the failures above); "
+            "check the paths and files"
+        )
 
 
 @app.command("crop")
@@ -80,8 +114,11 @@ def crop_cmd(
 ) -> None:
     """Crop faces from many images into a folder plus a CSV of boxes, landmarks, scores, stage.
 
-    Resumable: a rerun skips images already cropped. Unreadable files are skipped and
-    listed in OUT/errors.csv.
+    Resumable: a rerun skips images already cropped. Unreadable (or unwritable) inputs are
+    skipped and listed in OUT/errors.csv; the exit status is non-zero when nothing was
+    cropped or already done. Crops are named by facelab.io.outpaths.derived_path: the
+    input's relative path and extension plus the format (a/face.png -> crops/a/face.png.jpg),
+    always inside OUT/crops, even for "..", absolute or symlinked inputs.
 
     Example:
 
@@ -99,8 +136,17 @@ def crop_cmd(
     for stage, n in sorted(s.stages.items(), key=lambda kv: -kv[1]):
         typer.echo(f"  {stage}: {n}")
     for name, err in s.errors[:20]:
-        typer.echo(f"  failed: {name}: {err}", err=True)
+        typer.echo(f"  failed: {_shown(name)}: {err}", err=True)
+    if len(s.errors) > 20:
+        typer.echo(f"  ... {len(s.errors) - 20} more in {out / 'errors.csv'}", err=True)
     typer.echo(f"cache key {cropper.cache_key()}; CSV {out / 'crops.csv'}")
+    if s.done + s.skipped == 0:
+        from facelab.errors import DataFormatError
+
+        raise DataFormatError(
+            f"nothing cropped: all {len(s.errors)} inputs of {source} failed "
+            f"(listed in {out / 'errors.csv'}); fix or remove them and rerun"
+        )
 
 
 @app.command("detect-eval")

@@ -3,10 +3,15 @@
 Output folder layout::
 
     out/settings.json   cropper settings + cache key (a rerun with other settings refuses)
-    out/crops/...       one image per input (several with choose="all"), same relative path
+    out/crops/...       one image per input: its relative path and extension + ".jpg"
+                        (``a/face.png`` -> ``crops/a/face.png.jpg``; the k-th extra face
+                        with choose="all" -> ``a/face.png#k.jpg``); names come from
+                        :func:`facelab.io.outpaths.derived_path`, so ``..``/absolute inputs
+                        and symlinks never write outside ``out/crops``
     out/crops.csv       source, crop, stage, score, box, 5 landmarks, crop size
-    out/errors.csv      files that could not be read, with the reason
+    out/errors.csv      inputs that could not be read, cropped or written, with the reason
 
+One bad input never stops the job: it is listed in errors.csv and the rest are cropped.
 Reruns skip sources already in crops.csv whose crop files exist (resumable).
 """
 
@@ -22,7 +27,14 @@ import numpy as np
 import pandas as pd
 
 from facelab.detect.cascade import CropResult, FaceCropper
-from facelab.errors import ConfigError, DataFormatError, FacelabError
+from facelab.errors import (
+    CheckpointError,
+    ConfigError,
+    DataFormatError,
+    FacelabError,
+    WeightsError,
+)
+from facelab.io.outpaths import derived_path
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,8 @@ COLUMNS = (
     + ["crop_w", "crop_h"]
 )
 _PATH_COLUMNS = ("path", "image", "file", "filename", "ImageID", "img_path")
+# Errors that concern the whole job (settings, weights), not one input: never skipped.
+_JOB_ERRORS = (ConfigError, WeightsError, CheckpointError, MemoryError)
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -55,28 +69,64 @@ def gather_inputs(source: str | Path) -> list[tuple[str, Path]]:
     """
     source = Path(source)
     if source.is_dir():
-        return [(p.relative_to(source).as_posix(), p) for p in _images_under(source)]
+        out = [(p.relative_to(source).as_posix(), p) for p in _images_under(source)]
+        if not out:
+            raise DataFormatError(f"{source}: no image files in this folder; check the path")
+        return out
     if not source.is_file():
         raise DataFormatError(f"{source} not found; pass an image folder or a CSV of paths")
-    df = pd.read_csv(source)
+    df = read_path_csv(source)
     col = next((c for c in _PATH_COLUMNS if c in df.columns), None)
     if col is None:
         raise DataFormatError(
             f"{source}: no path column; expected one of {', '.join(_PATH_COLUMNS)}"
         )
+    entries = [e for e in dict.fromkeys(df[col]) if e.strip()]
+    if not entries:
+        raise DataFormatError(f"{source}: no rows with a path in column {col!r}; add image paths")
     base, out = source.parent, []
-    for entry in dict.fromkeys(str(v) for v in df[col]):
+    for entry in entries:
         for root in (base, base / "images"):
             p = root / entry
             if p.is_dir():
-                out += [(q.relative_to(base).as_posix(), q) for q in _images_under(p)]
+                out += [(_name(q, base), q) for q in _images_under(p)]
                 break
             if p.is_file():
-                out.append((p.relative_to(base).as_posix(), p))
+                out.append((_name(p, base), p))
                 break
         else:
             out.append((entry, base / entry))  # reported as an error when read
     return out
+
+
+def _name(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` (lexically, so ``../x.jpg`` stays), or as given when
+    absolute; outputs are named from it by :func:`derived_path`, which keeps them inside."""
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def read_path_csv(source: Path) -> pd.DataFrame:
+    """Read a CSV as text columns, turning unreadable files into one-line DataFormatErrors."""
+    try:
+        return pd.read_csv(source, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(
+            f"{source}: empty CSV; write a header with a path column "
+            f"({', '.join(_PATH_COLUMNS)}) and one image path per row"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}, e.g. a latin-1 export); save it as UTF-8 and retry"
+        ) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataFormatError(
+            f"{source}: not a readable CSV ({reason}); check its format"
+        ) from None
 
 
 @dataclass
@@ -108,25 +158,39 @@ def _check_settings(out: Path, cropper: FaceCropper, overwrite: bool) -> None:
 
 def _done_sources(out: Path) -> set[str]:
     path = out / "crops.csv"
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return set()
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     ok = [(out / "crops" / c).is_file() for c in df["crop"]]
     return set(df.loc[ok, "source"])
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, FacelabError) else f"{type(exc).__name__}: {text}"
+
+
 def _rows(name: str, res: CropResult, out: Path, fmt: str) -> list[list]:
+    """Write the crops of one input and return their crops.csv rows (raises if one fails)."""
     import cv2
 
-    stem = str(Path(name).with_suffix(""))
     faces = res.faces or [None]
+    crops_dir = out / "crops"
     rows = []
     for k, (crop, face) in enumerate(zip(res.crops or [res.crop], faces)):
-        rel = f"{stem}{'' if k == 0 else f'_{k}'}.{fmt}"
-        dest = out / "crops" / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = derived_path(crops_dir, name, suffix=f".{fmt}", variant=k or None)
+        rel = dest.relative_to(crops_dir).as_posix()
         params = [cv2.IMWRITE_JPEG_QUALITY, 95] if fmt == "jpg" else []
-        if crop.size and not cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            ok = not crop.size or cv2.imwrite(
+                str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params
+            )
+        except (OSError, cv2.error) as exc:
+            raise FacelabError(
+                f"could not write {dest} ({_one_line(exc)}); check the output folder"
+            ) from None
+        if not ok:
             raise FacelabError(f"could not write {dest}; check the output folder")
         box = face.box if face else (np.nan,) * 4
         lm = (
@@ -138,6 +202,27 @@ def _rows(name: str, res: CropResult, out: Path, fmt: str) -> list[list]:
         stage = face.stage if face else res.stage
         rows.append([name, rel, stage, score, *box, *lm, crop.shape[1], crop.shape[0]])
     return rows
+
+
+def _crop_batch(cropper: FaceCropper, images: list[np.ndarray]) -> list[CropResult | Exception]:
+    """``cropper.batch``; if the batch fails, each image alone, so one bad image fails alone
+    (its entry is the exception)."""
+    if len(images) > 1:
+        try:
+            return list(cropper.batch(images))
+        except _JOB_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001  (retried one by one below to find the bad image)
+            log.info("a crop batch failed; retrying its %d images one by one", len(images))
+    results: list[CropResult | Exception] = []
+    for image in images:
+        try:
+            results.append(cropper.batch([image])[0])
+        except _JOB_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001  (skip and list the bad input)
+            results.append(exc)
+    return results
 
 
 def run_crop_job(
@@ -161,12 +246,12 @@ def run_crop_job(
     if image_format not in ("jpg", "png"):
         raise ConfigError(f"image format must be jpg or png, got {image_format!r}")
     out = Path(out)
+    items = gather_inputs(source)  # bad sources fail before the output folder is touched
     _check_settings(out, cropper, overwrite)
-    items = gather_inputs(source)
     done = _done_sources(out)
     todo = [(n, p) for n, p in items if n not in done]
     summary = CropSummary(skipped=len(items) - len(todo))
-    new_file = not (out / "crops.csv").is_file()
+    new_file = not (out / "crops.csv").is_file() or (out / "crops.csv").stat().st_size == 0
     with open(out / "crops.csv", "a", newline="") as fh, _progress(progress, "crop") as bar:
         writer = csv.writer(fh)
         if new_file:
@@ -178,10 +263,20 @@ def run_crop_job(
                 try:
                     images.append(load_image(path))
                     names.append(name)
-                except FacelabError as exc:
-                    summary.errors.append((name, str(exc)))
-            for name, res in zip(names, cropper.batch(images) if images else []):
-                writer.writerows(_rows(name, res, out, image_format))
+                except _JOB_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001  (skip and list the bad input)
+                    summary.errors.append((name, _one_line(exc)))
+            for name, res in zip(names, _crop_batch(cropper, images) if images else []):
+                if isinstance(res, Exception):
+                    summary.errors.append((name, _one_line(res)))
+                    continue
+                try:
+                    rows = _rows(name, res, out, image_format)
+                except FacelabError as exc:  # not writable or outside out/crops: skip, list
+                    summary.errors.append((name, _one_line(exc)))
+                    continue
+                writer.writerows(rows)
                 summary.done += 1
                 summary.stages[res.stage] = summary.stages.get(res.stage, 0) + 1
             fh.flush()
