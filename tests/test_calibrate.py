@@ -88,11 +88,11 @@ def test_checkpoint_calibration_as_trained_and_by_request():
     class Cfg:
         calibrate = False
 
-    assert checkpoint_calibration(Cfg(), {"calibration": {}}) is None
+    assert checkpoint_calibration(Cfg().calibrate, {"calibration": {}}) is None
     stored = {"age": vars(TaskBias([0.0, -1.0, -1.0], True, 0.01, 0.02, "test"))}
-    assert checkpoint_calibration(Cfg(), {"calibration": stored}, True).active
+    assert checkpoint_calibration(Cfg().calibrate, {"calibration": stored}, True).active
     with pytest.raises(ConfigError, match="no decision biases"):
-        checkpoint_calibration(Cfg(), {"path": "runs/x/best.pt"}, True)
+        checkpoint_calibration(Cfg().calibrate, {"path": "runs/x/best.pt"}, True)
 
 
 def test_predict_applies_the_stored_biases(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from facelab.data.formats import SourceSpec, load_source, load_sources
-from facelab.data.prepare import assign_splits
 from facelab.data.labels import AgeScheme
+from facelab.data.prepare import assign_splits
 from facelab.data.splits import check_folds, check_no_leak, kfold_assign
 from facelab.errors import DataFormatError, LeakageError
 

@@ -124,8 +124,9 @@ def test_resume_skips_finished_folds_and_continues_an_interrupted_one(kf, data):
 
 
 def test_soft_vote_is_the_mean_of_fold_probabilities_and_hard_vote_a_majority(kf, data):
+    from facelab.evaluate.ensemble import evaluate_ensemble
     from facelab.evaluate.metrics import all_metrics
-    from facelab.predict.ensemble import ensemble_pixels, evaluate_ensemble
+    from facelab.predict.ensemble import ensemble_pixels
     from facelab.predict.inference import predict_pixels
     from facelab.train.checkpoint import load_model
 

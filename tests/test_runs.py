@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from facelab.evaluate.runs import find_runs, run_history, runs_table, switches
-from facelab.train.config import load_config
+from facelab.train.config import TrainConfig, load_config
+
+DEFAULTS = TrainConfig().to_dict()
 
 
 def make_run(folder: Path, overrides: list[str], scores: list[float]) -> Path:
@@ -35,7 +37,7 @@ def test_runs_table_lists_nested_runs_with_switches_and_best_epoch(tmp_path):
     (tmp_path / "kf" / "fold_0" / "done.json").write_text(json.dumps({"wall_s": 12.34}))
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / "not_a_run" / "config.yaml").write_text("epochs: 1\n")  # no metrics: skipped
-    table = runs_table(tmp_path)
+    table = runs_table(tmp_path, DEFAULTS)
     assert table["run"].tolist() == ["kf/fold_0", "base"]  # best validation score first
     fold = table.iloc[0]
     assert fold["backbone"] == "resnet18" and fold["switches"] == "epochs=9"
@@ -46,14 +48,14 @@ def test_runs_table_lists_nested_runs_with_switches_and_best_epoch(tmp_path):
 
 def test_switches_only_lists_non_defaults():
     cfg = load_config(None, ["optim.lr=0.123", "tta=true"]).to_dict()
-    assert switches(cfg) == {"optim.lr": 0.123, "tta": True}
-    assert switches({"future_key": 1}) == {"future_key": 1}  # unknown settings are shown too
+    assert switches(cfg, DEFAULTS) == {"optim.lr": 0.123, "tta": True}
+    assert switches({"future_key": 1}, DEFAULTS) == {"future_key": 1}  # unknown settings are shown too
 
 
 def test_loss_column_shows_the_weighted_terms_actually_trained(tmp_path):
     make_run(tmp_path / "mix", ["loss.terms={focal: 0.6, soft_f1: 0.4}"], [0.5])
     make_run(tmp_path / "focal", ["loss.kind=focal"], [0.4])
-    table = runs_table(tmp_path).set_index("run")
+    table = runs_table(tmp_path, DEFAULTS).set_index("run")
     assert table.loc["mix", "loss"] == "0.6 focal + 0.4 soft_f1"
     assert table.loc["focal", "loss"] == "focal"
 
@@ -71,7 +73,7 @@ def test_tensorboard_fallback_when_metrics_csv_is_missing(tmp_path):
     assert find_runs(tmp_path) == [run]
     hist = run_history(run)
     assert hist["epoch"].tolist() == [1, 2] and hist["val_score"].round(2).tolist() == [0.3, 0.45]
-    assert runs_table(tmp_path).iloc[0]["val_score"] == 0.45
+    assert runs_table(tmp_path, DEFAULTS).iloc[0]["val_score"] == 0.45
 
 
 def test_runs_cli_table_csv_and_plot(tmp_path):

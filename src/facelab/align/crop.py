@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from facelab.errors import DataFormatError
 from facelab.types import Box
 
 
@@ -21,6 +22,30 @@ def expand_box(box: Box, margin: float = 0.0, square: bool = True) -> Box:
         w = h = max(w, h)
     w, h = w * (1 + 2 * margin), h * (1 + 2 * margin)
     return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def usable_box(box: Box, shape: tuple[int, int], name: str = "<image>") -> Box:
+    """Check a face box against its image: finite, non-empty, overlapping the image. A box far
+    larger than the image is clipped to it (padding it would allocate without bound).
+
+    Raises:
+        DataFormatError: the box is not finite, empty, or lies outside the image.
+
+    Example:
+        >>> usable_box((0, 0, 1e6, 1e6), (100, 80))
+        (0.0, 0.0, 80.0, 100.0)
+    """
+    h, w = shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise DataFormatError(f"{name}: face box {box} is not finite; fix the box columns")
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise DataFormatError(f"{name}: face box {box} is empty (x2 <= x1 or y2 <= y1)")
+    if min(x2, w) - max(x1, 0) < 1 or min(y2, h) - max(y1, 0) < 1:
+        raise DataFormatError(f"{name}: face box {box} lies outside the {w}x{h} image")
+    if max(x2 - x1, y2 - y1) > 4 * max(h, w):
+        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
+    return (x1, y1, x2, y2)
 
 
 def crop_box(

@@ -21,6 +21,7 @@ app = typer.Typer(
         "  facelab train --config configs/multitask.yaml --out runs/mt\n\n"
         "  facelab evaluate runs/mt\n\n"
         "  facelab predict runs/mt --competition path/to/comp --out preds.csv\n\n"
+        "  facelab analyze photos/ clip.mp4 --run runs/mt --out faces.csv\n\n"
         "  facelab detect-eval --help ;  facelab db --help"
     ),
     no_args_is_help=True,
@@ -28,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES = ("attributes", "detect", "db", "recipes")
+_COMMAND_MODULES = ("attributes", "analyze", "detect", "db", "recipes")
 
 
 def _register() -> None:

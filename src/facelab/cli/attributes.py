@@ -78,6 +78,8 @@ def predict_cmd(
     calibrated: Optional[bool] = typer.Option(
         None, "--calibrate/--no-calibrate",
         help="Decision biases tuned on the validation split (default: as trained, config calibrate)."),
+    backend: str = typer.Option("torch", help="torch, onnx (exported on first use) or onnx-int8 "
+                                "(see facelab export)."),
 ) -> None:
     """Predict mask / gender / age (and the 18-class id) for images.
 
@@ -89,7 +91,7 @@ def predict_cmd(
 
     table = input_table(competition and str(competition), csv and str(csv), boxes and str(boxes),
                         folder and str(folder))
-    preds, bad = predict_table(run, table, tta, calibrated=calibrated)
+    preds, bad = predict_table(run, table, tta, calibrated=calibrated, backend=backend)
     write_prediction_files(preds, bad, out, submission, competition is not None)
 
 

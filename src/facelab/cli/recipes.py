@@ -93,7 +93,8 @@ def ensemble_cmd(
         facelab ensemble runs/mobilenet runs/resnet18/best.pt --vote hard --split test
     """
     from facelab.cli.attributes import write_prediction_files
-    from facelab.predict.ensemble import evaluate_ensemble, predict_ensemble
+    from facelab.evaluate.ensemble import evaluate_ensemble
+    from facelab.predict.ensemble import predict_ensemble
     from facelab.predict.predict import input_table
 
     if split and not any((competition, csv, boxes, folder)):
@@ -196,10 +197,11 @@ def runs_cmd(
     """
     from facelab.errors import DataFormatError
     from facelab.evaluate.runs import plot_curves, print_table, runs_table
+    from facelab.train.config import TrainConfig
 
     if not root.is_dir():
         raise DataFormatError(f"{root}: folder not found")
-    table = runs_table(root)
+    table = runs_table(root, TrainConfig().to_dict())
     if table.empty:
         typer.echo(f"no runs (folders with config.yaml and metrics.csv) under {root}")
         return

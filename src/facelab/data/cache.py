@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from facelab.align.crop import crop_box
-from facelab.errors import ConfigError, FacelabError
+from facelab.align.crop import crop_box, usable_box
+from facelab.errors import ConfigError, DataFormatError, FacelabError, ImageDecodeError
 from facelab.io.image import load_image
 from facelab.paths import cache_root
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 PENDING, DONE, FAILED = 0, 1, 2
 CROP_MODES = ("auto", "none", "box", "detect")
+# Smaller images cannot hold a face; predicting on them would be a guess marked ok.
+MIN_IMAGE_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -85,18 +87,40 @@ class RowDecoder:
     def __call__(self, row: pd.Series) -> tuple[np.ndarray, str]:
         """Decode, crop and resize; returns (pixels, stage) where stage names the crop used."""
         s = self.settings
-        has_box = not np.isnan(float(row["x1"]))
-        if s.crop == "detect":
-            result = self.cropper()(load_image(row["path"]))
-            crop, stage = result.crop, result.stage
-        elif s.crop in ("auto", "box") and has_box:
+        box = row_box(row)
+        if s.crop in ("auto", "box") and box is not None or s.crop == "detect":
             image = load_image(row["path"])
-            box = (float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"]))
+        else:  # whole image: decode JPEGs at reduced scale, the result is resized anyway
+            image = load_image(row["path"], max_side=2 * s.size)
+        return self.from_image(image, box, name=str(row["path"]))
+
+    def from_image(self, image: np.ndarray, box=None, name: str = "<image>") -> tuple[np.ndarray, str]:
+        """The same pixels as `__call__` for an image already in memory (RGB uint8 HxWx3) and
+        an optional face box; the one code path for the cache and for in-memory inference."""
+        s = self.settings
+        h, w = image.shape[:2]
+        if min(h, w) < MIN_IMAGE_SIDE:
+            raise ImageDecodeError(f"{name}: image is only {w}x{h} pixels, too small to hold "
+                                   f"a face (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
+        if s.crop == "detect":
+            result = self.cropper()(image)
+            crop, stage = result.crop, result.stage
+        elif s.crop in ("auto", "box") and box is not None:
+            box = usable_box(box, (h, w), name)
             crop, stage = crop_box(image, box, margin=s.margin, square=s.square), "box"
         else:
-            crop, stage = load_image(row["path"], max_side=2 * s.size), "none"
+            crop, stage = image, "none"
         resized = Image.fromarray(crop).resize((s.size, s.size), Image.BILINEAR)
         return np.asarray(resized, dtype=np.uint8), stage
+
+
+def row_box(row: pd.Series):
+    """The row's face box as floats, or None when the row has none."""
+    try:
+        box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
+    except (TypeError, ValueError) as exc:
+        raise DataFormatError(f"{row['path']}: box values must be numbers ({exc})") from None
+    return None if all(np.isnan(v) for v in box) else box
 
 
 def _fingerprint(table: pd.DataFrame, decoder: RowDecoder) -> str:

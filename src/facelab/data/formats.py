@@ -178,14 +178,18 @@ def _resolve(image_root: Path, rel: str) -> str:
     return str((p if p.is_absolute() else image_root / p).resolve())
 
 
-def load_labels_csv(csv: Path, name: str = "", image_root: str = "") -> pd.DataFrame:
+def load_labels_csv(csv: Path, name: str = "", image_root: str = "",
+                    require_labels: bool = True) -> pd.DataFrame:
     """Read a labels CSV: an `image` (or `path`) column plus any of mask, gender, age,
-    age_group, person, race. Blank cells mean "unknown" (a missing label adds no loss)."""
+    age_group, person, race. Blank cells mean "unknown" (a missing label adds no loss).
+    For prediction (`require_labels=False`) the label columns may all be absent."""
     csv = Path(csv)
-    return labels_from_frame(_read_csv(csv, set(), "labels CSV"), csv, name, image_root)
+    return labels_from_frame(_read_csv(csv, set(), "labels CSV"), csv, name, image_root,
+                             require_labels)
 
 
-def labels_from_frame(df: pd.DataFrame, csv: Path, name: str = "", image_root: str = "") -> pd.DataFrame:
+def labels_from_frame(df: pd.DataFrame, csv: Path, name: str = "", image_root: str = "",
+                      require_labels: bool = True) -> pd.DataFrame:
     """Build the sample table from an already-read labels frame; `csv` is named in errors."""
     img_col = "image" if "image" in df.columns else "path" if "path" in df.columns else None
     if img_col is None:
@@ -194,7 +198,7 @@ def labels_from_frame(df: pd.DataFrame, csv: Path, name: str = "", image_root: s
             "A labels CSV needs an image column plus any of mask, gender, age, age_group"
         )
     tasks = {"mask", "gender", "age", "age_group"} & set(df.columns)
-    if not tasks:
+    if not tasks and require_labels:
         raise DataFormatError(
             f"{csv}: no label column; add at least one of mask, gender, age, age_group"
         )
@@ -220,7 +224,8 @@ def labels_from_frame(df: pd.DataFrame, csv: Path, name: str = "", image_root: s
     return table
 
 
-def load_boxes_csv(csv: Path, name: str = "", image_root: str = "") -> pd.DataFrame:
+def load_boxes_csv(csv: Path, name: str = "", image_root: str = "",
+                   require_labels: bool = True) -> pd.DataFrame:
     """Read a boxes CSV (`image,x1,y1,x2,y2,label`): one row per face in a full image.
 
     `label` is the mask state (with_mask / without_mask / mask_weared_incorrect or
@@ -231,7 +236,7 @@ def load_boxes_csv(csv: Path, name: str = "", image_root: str = "") -> pd.DataFr
     df = _read_csv(csv, {"image", "x1", "y1", "x2", "y2"}, "boxes CSV")
     if "label" in df.columns and "mask" not in df.columns:
         df = df.rename(columns={"label": "mask"})
-    table = labels_from_frame(df, csv, name, image_root)
+    table = labels_from_frame(df, csv, name, image_root, require_labels)
     coords = table[["x1", "y1", "x2", "y2"]].to_numpy(float)
     bad = np.isnan(coords).any(1) | (coords[:, 2] <= coords[:, 0]) | (coords[:, 3] <= coords[:, 1])
     if bad.any():

@@ -18,11 +18,11 @@ import numpy as np
 from facelab.align.align import align_face
 from facelab.align.crop import center_crop, crop_box
 from facelab.detect.base import Detector, as_rgb, get_detector, register_detector
+from facelab.detect.select import CHOICES, select_faces
 from facelab.errors import ConfigError
 from facelab.types import Face
 
 FALLBACKS = ("center", "original")
-CHOICES = ("largest", "central", "score", "all")
 _STAGE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\((.*)\))?\s*$")
 
 
@@ -159,7 +159,7 @@ class FaceCropper:
         spec: cascade spec, e.g. ``"mtcnn>center"`` or ``"mtcnn-mask>mtcnn>haar>original"``.
         margin: context added on each side, as a fraction of the face box.
         square: square crops around the box centre.
-        choose: "largest", "central" (closest to the image centre), "score" or "all".
+        choose: "largest", "central", "score" or "all" (facelab.detect.select).
         size: resize crops to size x size (None keeps the native size).
         align: warp faces with 5 landmarks to the ArcFace template (``size`` defaults to
             112); faces without landmarks are cropped by box.
@@ -244,19 +244,9 @@ class FaceCropper:
         return [f for f in faces if f.score >= self.min_score and f.width >= self.min_size]
 
     def _pick(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
-        if self.choose == "all":
+        if self.choose == "all":  # detection order, as the cascade found them
             return faces
-        if self.choose == "score":
-            return [max(faces, key=lambda f: f.score)]
-        if self.choose == "largest":
-            return [max(faces, key=lambda f: f.width * f.height)]
-        h, w = image.shape[:2]
-
-        def dist(f: Face) -> float:
-            cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
-            return (cx - w / 2) ** 2 + (cy - h / 2) ** 2
-
-        return [min(faces, key=dist)]
+        return select_faces(faces, image.shape, self.choose)
 
     def _crop_face(self, image: np.ndarray, face: Face) -> np.ndarray:
         if self.align and face.landmarks is not None:

@@ -61,24 +61,19 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "val", n: in
     Example:
         >>> compare_runs("runs/a", "runs/b")  # doctest: +SKIP
     """
-    from facelab.predict.calibrate import checkpoint_calibration
-    from facelab.predict.inference import predict_pixels
-    from facelab.train.checkpoint import load_model
-    from facelab.train.trainer import prepare_for
+    from facelab.predict.run import AttributeRun
 
     probs, keys, targets, groups = [], [], None, None
     data, data_cfg = None, None
     for run in (run_a, run_b):
-        model, cfg, ckpt = load_model(run)
-        if cfg.data != data_cfg:  # B reuses A's preparation when both read the same data
-            data, data_cfg = prepare_for(cfg), cfg.data
+        attr = AttributeRun.load(run, calibrated=calibrated)
+        if attr.data != data_cfg:  # B reuses A's preparation when both read the same data
+            data, data_cfg = attr.prepare_data(), attr.data
         idx = data.indices(split)
         if not len(idx):
             raise ConfigError(f"{run}: its {split!r} split is empty; compare on another split")
         key = data.table["source"].to_numpy()[idx].astype(str) + "/" + data.table["sample_id"].to_numpy()[idx].astype(str)
-        p = predict_pixels(model, data.cache.pixels, idx, tta=cfg.tta, channels_last=cfg.channels_last)
-        cal = checkpoint_calibration(cfg, ckpt, calibrated)
-        probs.append(cal.apply(p) if cal is not None else p)
+        probs.append(attr.predict_pixels(data.cache.pixels, idx))
         keys.append(key)
         if targets is None:
             targets = {t: data.targets[t][idx] for t in TASKS}

@@ -155,17 +155,13 @@ def evaluate_run(run: str | Path, split: str = "test", out: str | Path | None = 
     Example:
         >>> metrics, html_path = evaluate_run("runs/mt")  # doctest: +SKIP
     """
-    from facelab.predict.calibrate import checkpoint_calibration
-    from facelab.predict.inference import predict_pixels
-    from facelab.train.checkpoint import load_model
-    from facelab.train.trainer import prepare_for
+    from facelab.predict.run import AttributeRun
 
-    model, cfg, ckpt = load_model(run)
-    tta = cfg.tta if tta is None else tta
-    cal = checkpoint_calibration(cfg, ckpt, calibrated)
-    data = prepare_for(cfg)
+    attr = AttributeRun.load(run, tta=tta, calibrated=calibrated)
+    tta, cal, ckpt = attr.tta, attr.calibration, attr.checkpoint
+    data = attr.prepare_data()
     idx = data.indices(split)
-    probs = predict_pixels(model, data.cache.pixels, idx, tta=tta, channels_last=cfg.channels_last)
+    probs = attr.predict_pixels(data.cache.pixels, idx, calibrated=False)
     targets = {t: data.targets[t][idx] for t in TASKS}
     uncalibrated = None
     if cal is not None and cal.active:
@@ -182,8 +178,8 @@ def evaluate_run(run: str | Path, split: str = "test", out: str | Path | None = 
     notes = [f"checkpoint: {ckpt['path']} (epoch {ckpt['state'].get('best_epoch')})",
              f"split: {split} ({len(idx)} images, {table['person'].nunique()} person groups; "
              "person-level, never seen in training or model selection)",
-             f"model: {cfg.model.backbone} + {cfg.model.head} head, {cfg.data.image_size}px, "
-             f"crop {cfg.data.crop}, TTA {'on' if tta else 'off'}"]
+             f"model: {attr.model_config.backbone} + {attr.model_config.head} head, "
+             f"{attr.data.image_size}px, crop {attr.data.crop}, TTA {'on' if tta else 'off'}"]
     if cal is not None:
         notes.append(f"decision biases tuned on the validation split: {cal.describe()}")
         if uncalibrated is not None:

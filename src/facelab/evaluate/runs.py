@@ -45,16 +45,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def switches(config: dict) -> dict:
-    """Settings of a saved config that differ from the defaults.
+def switches(config: dict, defaults: dict) -> dict:
+    """Settings of a saved config that differ from `defaults` (a fresh config as a dict; the
+    caller gives it, since evaluation sits below the training code that defines it).
 
     Example:
-        >>> switches({"epochs": 9, "model": {"backbone": "resnet18", "dropout": 0.2}})
-        {'epochs': 9}
+        >>> switches({"epochs": 9, "model": {"backbone": "resnet18", "dropout": 0.2}},
+        ...          {"epochs": 4, "model": {"backbone": "mobilenet_v2", "dropout": 0.2}})
+        {'epochs': 9, 'model.backbone': 'resnet18'}
     """
-    from facelab.train.config import TrainConfig
-
-    defaults = _flatten(TrainConfig().to_dict())
+    defaults = _flatten(defaults)
     return {
         k: v
         for k, v in _flatten(config).items()
@@ -101,8 +101,8 @@ def _loss_name(cfg: dict) -> str:
     return str(name)
 
 
-def run_summary(run: Path, root: Path | None = None) -> dict:
-    """One row of the runs table."""
+def run_summary(run: Path, root: Path | None = None, defaults: dict | None = None) -> dict:
+    """One row of the runs table (`switches` against `defaults`, all settings without)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
     hist = run_history(run)
     rec = {
@@ -111,7 +111,7 @@ def run_summary(run: Path, root: Path | None = None) -> dict:
         "head": cfg.get("model", {}).get("head", ""),
         "image_size": cfg.get("data", {}).get("image_size", ""),
         "loss": _loss_name(cfg),
-        "switches": " ".join(f"{k}={v}" for k, v in switches(cfg).items()),
+        "switches": " ".join(f"{k}={v}" for k, v in switches(cfg, defaults or {}).items()),
         "epochs": len(hist),
     }
     if "val_score" in hist and len(hist):
@@ -130,8 +130,9 @@ def run_summary(run: Path, root: Path | None = None) -> dict:
     return rec
 
 
-def runs_table(root: str | Path) -> pd.DataFrame:
-    """The runs table of every run under `root`, best validation score first.
+def runs_table(root: str | Path, defaults: dict | None = None) -> pd.DataFrame:
+    """The runs table of every run under `root`, best validation score first; `defaults`
+    (a fresh config as a dict) decides which settings are listed as switches.
 
     Example:
         >>> runs_table("runs")[["run", "val_score"]]  # doctest: +SKIP
@@ -140,7 +141,7 @@ def runs_table(root: str | Path) -> pd.DataFrame:
     rows = []
     for run in find_runs(root):
         try:
-            rows.append(run_summary(run, root))
+            rows.append(run_summary(run, root, defaults))
         except (OSError, ValueError, yaml.YAMLError, KeyError) as exc:
             log.warning("%s: skipped (%s)", run, exc)
     table = pd.DataFrame(rows)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facelab.distance import pairwise_distance
 from facelab.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -209,8 +210,6 @@ def embed_images(
 
 def pair_distances(df: pd.DataFrame, vecs: dict[str, np.ndarray], metric: str) -> np.ndarray:
     """Distance per pair row; ``inf`` where either image has no embedding."""
-    from facelab.embed.base import pairwise_distance
-
     out = np.full(len(df), np.inf)
     for i, (a, b) in enumerate(zip(df["image_a"], df["image_b"])):
         if a in vecs and b in vecs:

@@ -145,12 +145,14 @@ def calibrate(probs: dict[str, np.ndarray], targets: dict[str, np.ndarray], grou
     return Calibration(out)
 
 
-def checkpoint_calibration(cfg, ckpt: dict, use: bool | None = None) -> Calibration | None:
+def checkpoint_calibration(configured: bool, ckpt: dict, use: bool | None = None
+                           ) -> Calibration | None:
     """The calibration stored in a checkpoint when it is to be applied (`use`: None = as the
-    run was configured), else None. Asking for it on a run trained without it is an error."""
+    run was configured, `configured`), else None. Asking for it on a run trained without it
+    is an error."""
     from facelab.errors import ConfigError
 
-    use = cfg.calibrate if use is None else use
+    use = configured if use is None else use
     if not use:
         return None
     if "calibration" not in ckpt:

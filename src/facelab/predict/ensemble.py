@@ -12,14 +12,12 @@ member reads pixels prepared under its own data settings).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from facelab.data.labels import TASKS
 from facelab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -103,67 +101,16 @@ def ensemble_pixels(
     `facelab predict`.
     """
     from facelab.data.cache import PixelCache
-    from facelab.predict.calibrate import checkpoint_calibration
-    from facelab.predict.inference import predict_pixels
-    from facelab.train.checkpoint import load_model
+    from facelab.predict.run import AttributeRun
 
     caches: dict = {}
     members = []
     for path in expand_runs(runs):
-        model, cfg, ckpt = load_model(path)
-        settings = cfg.data.pixel_settings()
-        if settings not in caches:
-            caches[settings] = PixelCache.build(data.table, settings)
-        probs = predict_pixels(
-            model,
-            caches[settings].pixels,
-            indices,
-            tta=cfg.tta if tta is None else tta,
-            channels_last=cfg.channels_last,
-        )
-        cal = checkpoint_calibration(cfg, ckpt)  # each member decides as it was trained to
-        members.append(cal.apply(probs) if cal is not None else probs)
+        member = AttributeRun.load(path, tta=tta)  # each member decides as it was trained to
+        if member.settings not in caches:
+            caches[member.settings] = PixelCache.build(data.table, member.settings)
+        members.append(member.predict_pixels(caches[member.settings].pixels, indices))
     return vote(members, how)
-
-
-def evaluate_ensemble(
-    runs: list[str | Path],
-    data=None,
-    split: str = "test",
-    vote: str = "soft",
-    tta: bool | None = None,
-) -> dict:
-    """Metrics (facelab.evaluate.metrics.all_metrics) of the ensemble on one split.
-
-    Without `data`, the first member's config prepares it; the members should share its
-    split settings (a k-fold run's folds do), else the "test" rows may be ones they trained on.
-
-    Example:
-        >>> evaluate_ensemble(["runs/kf"], vote="soft")["mask"]["macro_f1"]  # doctest: +SKIP
-    """
-    from facelab.evaluate.metrics import all_metrics
-    from facelab.train.checkpoint import load_model
-    from facelab.train.trainer import prepare_for
-
-    paths = expand_runs(runs)
-    if data is None:
-        cfgs = [load_model(p)[1] for p in paths]
-        split_keys = {(c.data.test_fraction, c.data.split_seed, repr(c.data.sources)) for c in cfgs}
-        if len(split_keys) > 1:
-            log.warning(
-                "ensemble members were trained with different data/split settings; "
-                "the %s split of the first one may hold rows others trained on",
-                split,
-            )
-        cfg = cfgs[0]
-        if (
-            split == "test"
-        ):  # the test split does not depend on val_fraction (k-fold runs have none)
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0))
-        data = prepare_for(cfg)
-    idx = data.indices(split)
-    probs = ensemble_pixels(paths, data, idx, vote, tta)
-    return all_metrics({t: data.targets[t][idx] for t in TASKS}, probs)
 
 
 def predict_ensemble(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from facelab.data.cache import PixelCache
-from facelab.data.formats import SourceSpec, empty_table, load_source
-from facelab.data.labels import CLASS_NAMES, TASKS
+from facelab.data.formats import (
+    SourceSpec,
+    empty_table,
+    load_boxes_csv,
+    load_labels_csv,
+    load_source,
+)
 from facelab.errors import DataFormatError
 from facelab.io.image import is_image_file
 
@@ -42,46 +45,34 @@ def input_table(competition: str | None = None, csv: str | None = None,
         raise DataFormatError("give exactly one input: --competition, --csv, --boxes or --folder")
     if competition:
         return load_source(SourceSpec("competition-eval", competition))
-    if csv:
-        return load_source(SourceSpec("labels", csv))
-    if boxes:
-        return load_source(SourceSpec("boxes", boxes))
+    if csv or boxes:  # prediction needs no labels: label columns are optional here
+        path = Path(csv or boxes)
+        table = (load_labels_csv if csv else load_boxes_csv)(path, require_labels=False)
+        if not len(table):
+            raise DataFormatError(f"{path}: no rows below the header; nothing to predict")
+        table["sample_id"] = table["sample_id"].astype(str)
+        table["person"] = table["sample_id"]
+        return table
     return folder_table(folder)
 
 
 def predict_table(run: str | Path, table: pd.DataFrame, tta: bool | None = None,
-                  progress=None, calibrated: bool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress=None, calibrated: bool | None = None, backend: str = "torch"
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predict every row with a run's best model; returns (predictions, unreadable images).
 
     Predictions hold per-task probabilities (p_mask_correct, ...), the predicted task labels
-    and the 18-class id `ans`. Rows whose image could not be read get the most frequent
+    and the 18-class id `ans`. Rows whose image could not be used get the most frequent
     predicted class and `ok = False`. With decision biases (config `calibrate`, or
     `calibrated=True`) the probabilities and labels include them.
 
     Example:
         >>> preds, bad = predict_table("runs/mt", folder_table("photos"))  # doctest: +SKIP
     """
-    from facelab.predict.calibrate import checkpoint_calibration
-    from facelab.predict.inference import predict_pixels
-    from facelab.predict.probs import prediction_frame
-    from facelab.train.checkpoint import load_model
+    from facelab.predict.run import AttributeRun
 
-    model, cfg, ckpt = load_model(run)
-    tta = cfg.tta if tta is None else tta
-    cal = checkpoint_calibration(cfg, ckpt, calibrated)
-    cache = PixelCache.build(table, cfg.data.pixel_settings(), progress=progress)
-    ok = np.flatnonzero(cache.ok)
-    probs = predict_pixels(model, cache.pixels, ok, tta=tta, channels_last=cfg.channels_last)
-    if cal is not None:
-        probs = cal.apply(probs)
-    full = {t: np.zeros((len(table), len(CLASS_NAMES[t]))) for t in TASKS}
-    for t in TASKS:
-        full[t][ok] = probs[t]
-    out = prediction_frame(table, full, cache.ok)
-    out["crop_stage"] = cache.stages
-    bad = pd.DataFrame({"path": table["path"].to_numpy()[sorted(cache.errors)],
-                        "error": [cache.errors[i] for i in sorted(cache.errors)]})
-    return out, bad
+    attr = AttributeRun.load(run, tta=tta, calibrated=calibrated, backend=backend)
+    return attr.predict_table(table, progress=progress)
 
 
 def write_submission(preds: pd.DataFrame, path: str | Path) -> None:

@@ -10,19 +10,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.errors import CheckpointError
-
-FORMAT = "facelab-attributes-1"
+from facelab.models.checkpoint import FORMAT, load_checkpoint  # noqa: F401  (re-exported)
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    # numpy's state as plain data (list, not ndarray) so checkpoints load with weights_only.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
             "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
 
 
@@ -33,44 +34,17 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a facelab checkpoint with a clear error for missing or foreign files."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; pass a run folder or a .pt file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a facelab attribute checkpoint")
-    ckpt["path"] = str(path)
-    return ckpt
-
-
 def load_model(path: str | Path):
-    """(model, config, checkpoint) from a checkpoint file or run folder, ready for inference.
-
-    The model applies the run's `augment.center_crop` to its input in eval mode, so callers
-    feed the same uncropped pixels as for any other run.
+    """(model, config, checkpoint) from a checkpoint file or run folder, ready for inference;
+    the training-side view of facelab.predict.run.AttributeRun (a full TrainConfig).
 
     Example:
         >>> model, cfg, ckpt = load_model("runs/mt")  # doctest: +SKIP
     """
-    from facelab.train.augment import add_eval_center_crop
-    from facelab.train.config import TrainConfig, _build
+    from facelab.config import build_dataclass
+    from facelab.predict.run import AttributeRun
+    from facelab.train.config import TrainConfig
 
-    ckpt = load_checkpoint(path)
-    cfg = _build(TrainConfig, ckpt["config"], ckpt["path"])
-    model = cfg.model.build(pretrained="")
-    model.load_state_dict(ckpt["model"])  # the averaged weights when SWA/EMA was on
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    add_eval_center_crop(model, cfg.augment.center_crop)  # the training-time center crop
-    model.eval()
-    return model, cfg, ckpt
+    run = AttributeRun.load(path)
+    cfg = build_dataclass(TrainConfig, run.config, str(run.path))
+    return run.model, cfg, run.checkpoint

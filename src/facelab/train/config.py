@@ -2,127 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from facelab.data.cache import PixelSettings
-from facelab.data.formats import SourceSpec
-from facelab.data.labels import AgeScheme
+from facelab.config import build_dataclass, expand_data_vars
+from facelab.data.config import DataConfig
 from facelab.errors import ConfigError
+from facelab.models.config import ModelConfig
 from facelab.train.augment import AugmentConfig
 from facelab.train.averaging import EmaConfig, SwaConfig
 from facelab.train.losses import LossConfig
 from facelab.train.optim import OptimConfig
 
 SAMPLERS = ("uniform", "balanced", "one_wear_per_person")
-
-
-@dataclass
-class DataConfig:
-    """Which data to train on and how to split and preprocess it.
-
-    Attributes:
-        sources: data sets (kind + path); paths may use ${FACELAB_DATA}.
-        image_size: model input side in pixels.
-        crop: auto | none | box | detect (see facelab.data.cache.PixelSettings).
-        margin: context around face boxes (fraction of box size per side).
-        detector: detector cascade for crop=detect.
-        test_fraction: person-level held-out share used for the reported figures.
-        val_fraction: share of the rest used for early stopping / model selection.
-        split_seed: seed of the split (fixed so figures are comparable across runs).
-        age_young_max, age_old_min: age-group boundaries (30 / 60 in the competition).
-        age_drop_band: [lo, hi] ages dropped from training only (e.g. [57, 59]).
-        corrections: path of a label-corrections CSV applied to the targets before training
-            (facelab.data.corrections.apply_corrections); "" = none.
-    """
-
-    sources: list[SourceSpec] = field(default_factory=list)
-    image_size: int = 128
-    crop: str = "auto"
-    margin: float = 0.2
-    detector: str = "mtcnn>center"
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    split_seed: int = 20240601
-    age_young_max: int = 30
-    age_old_min: int = 60
-    age_drop_band: list[int] | None = None
-    corrections: str = ""
-
-    def pixel_settings(self) -> PixelSettings:
-        return PixelSettings(self.image_size, self.crop, self.margin, True, self.detector)
-
-    def age_scheme(self) -> AgeScheme:
-        band = tuple(self.age_drop_band) if self.age_drop_band else None
-        return AgeScheme(self.age_young_max, self.age_old_min, band)
-
-
-@dataclass
-class ModelConfig:
-    """Backbone and head.
-
-    Attributes:
-        backbone: torchvision name (mobilenet_v2, resnet18, ...) or timm:<name>.
-        pretrained: '' | 'imagenet' (offline package) | file path | 'hub'.
-        head: multitask | flat18.
-        dropout: dropout before the head.
-        freeze: leading backbone stages kept fixed (weights and BatchNorm statistics);
-            0 trains everything. 4 on MobileNetV2 trains ~1.7x faster on CPU.
-        margin: none | arcface | cosface. With a margin the head (multitask or flat18) is a
-            cosine classifier: logits = margin_scale * cos(features, class weights), and in
-            training each known target logit becomes s*cos(theta + m) (arcface) or
-            s*(cos(theta) - m) (cosface).
-        margin_scale: s, the logit scale of the cosine head.
-        margin_m: m; null = 0.5 for arcface, 0.35 for cosface.
-    """
-
-    backbone: str = "mobilenet_v2"
-    pretrained: str = "imagenet"
-    head: str = "multitask"
-    dropout: float = 0.2
-    freeze: int = 0
-    margin: str = "none"
-    margin_scale: float = 30.0
-    margin_m: float | None = None
-
-    def __post_init__(self) -> None:
-        from facelab.models.heads import MARGINS
-
-        if self.margin not in MARGINS:
-            raise ConfigError(f"model.margin {self.margin!r} unknown; use one of {MARGINS}")
-        if self.margin_scale <= 0:
-            raise ConfigError(f"model.margin_scale must be > 0, got {self.margin_scale}")
-        if self.margin_m is not None:
-            import math
-
-            top = math.pi / 2 if self.margin == "arcface" else float("inf")
-            if not 0 <= self.margin_m < top:
-                raise ConfigError(f"model.margin_m={self.margin_m} out of range for {self.margin}: "
-                                  "use 0 <= m < pi/2 for arcface (0.5 is usual), m >= 0 for cosface")
-
-    def build(self, pretrained: str | None = None):
-        """The AttributeModel these settings describe (`pretrained` overrides the weights,
-        e.g. "" when a checkpoint's weights are loaded next).
-
-        Example:
-            >>> m = ModelConfig("mobilenet_v2", "", margin="arcface").build()
-            >>> type(m.head).__name__
-            'MarginHead'
-        """
-        from facelab.models.heads import create_head
-        from facelab.models.model import AttributeModel
-
-        model = AttributeModel(self.backbone, self.pretrained if pretrained is None else pretrained,
-                               self.head, self.dropout, self.freeze)
-        if self.margin != "none":  # AttributeModel builds plain heads; swap in the cosine head
-            model.head = create_head(self.head, model.backbone.num_features, self.dropout,
-                                     self.margin, self.margin_scale, self.margin_m)
-        return model
 
 
 @dataclass
@@ -178,38 +73,6 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Recursively build dataclass `cls` from a dict, rejecting unknown keys by name."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in values.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, f"{where}.{key}")
-        elif typing.get_origin(hint) is list and typing.get_args(hint)[0] is SourceSpec:
-            kwargs[key] = [_build(SourceSpec, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
-        else:
-            kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _expand(text: str) -> str:
-    import os
-
-    from facelab.paths import data_root
-
-    return os.path.expandvars(text.replace("${FACELAB_DATA}", str(data_root())))
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or defaults) and apply `section.key=value` overrides.
 
@@ -242,8 +105,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 node[leaf] = yaml.safe_load(raw)
         except (ValueError, IndexError, TypeError) as exc:
             raise ConfigError(f"override {item!r}: no such setting ({exc})") from exc
-    cfg = _build(TrainConfig, values, str(path or "config"))
+    cfg = build_dataclass(TrainConfig, values, str(path or "config"))
     for src in cfg.data.sources:
-        src.path = _expand(src.path)
-        src.image_root = _expand(src.image_root) if src.image_root else ""
+        src.path = expand_data_vars(src.path)
+        src.image_root = expand_data_vars(src.image_root) if src.image_root else ""
     return cfg

@@ -22,7 +22,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from facelab.data.labels import TASKS
-from facelab.data.prepare import PreparedData, prepare, write_split
+from facelab.data.prepare import PreparedData, write_split
 from facelab.errors import ConfigError
 from facelab.evaluate.metrics import all_metrics, summary_line
 from facelab.models.heads import class18_log_probs, task_log_probs
@@ -53,9 +53,7 @@ class FitResult:
 
 
 def prepare_for(cfg: TrainConfig, progress=None) -> PreparedData:
-    d = cfg.data
-    return prepare(d.sources, d.pixel_settings(), d.age_scheme(), d.test_fraction,
-                   d.val_fraction, d.split_seed, progress=progress)
+    return cfg.data.prepare(progress=progress)
 
 
 def _progress() -> Progress:

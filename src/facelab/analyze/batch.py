@@ -1,0 +1,257 @@
+"""`facelab analyze`: a FaceAnalyzer over images, folders and videos into CSV or JSON Lines.
+
+One output row per face (an image with no face gets one row with `faces = 0`); video
+frames are sampled with PyAV every `every` seconds and carry their time. The job is
+resumable: inputs already in the output file are skipped, each input's rows are written and
+flushed together, and unreadable inputs are listed in `<out>.errors.csv`, not fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facelab.analyze.analyzer import AnalyzedFace, FaceAnalyzer, attribute_columns
+from facelab.errors import DataFormatError, FacelabError
+from facelab.io.image import IMAGE_EXTENSIONS, load_image
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+BASE_COLUMNS = ["source", "frame_time", "faces", "face", "x1", "y1", "x2", "y2", "score",
+                "stage", "landmarks"]
+ID_COLUMNS = ["identity", "nearest", "distance"]
+
+
+def list_inputs(paths: list[str | Path]) -> list[Path]:
+    """Image and video files named or found (recursively, sorted) under the given paths."""
+    known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in known))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DataFormatError(f"{p}: no such file or folder; check the path")
+    if not out:
+        raise DataFormatError(f"no image or video files found in {[str(p) for p in paths]}")
+    return out
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def frames_of(path: Path, every: float, max_frames: int | None) -> Iterator[tuple[float | None, np.ndarray]]:
+    """(time, RGB frame) pairs: sampled frames of a video, or the image itself (time None)."""
+    if not is_video(path):
+        yield None, load_image(path)
+        return
+    from facelab.collect.video import sample_frames
+
+    n = 0
+    for t, frame in sample_frames(path, every, max_frames):
+        n += 1
+        yield t, frame
+    if n == 0:
+        raise FacelabError(f"{path}: no decodable video frames; check the file or re-encode it")
+
+
+@dataclass
+class AnalyzeSummary:
+    """What a run did: inputs done now, skipped as already done, failed (path -> error)."""
+
+    done: int = 0
+    skipped: int = 0
+    faces: int = 0
+    frames: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class RecordWriter:
+    """Appends records to a CSV (csv module, fixed columns) or JSON Lines file."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        self.jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+        new = not path.exists() or path.stat().st_size == 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", newline="", encoding="utf-8")
+        if not self.jsonl:
+            self.writer = csv.DictWriter(self.file, columns, extrasaction="ignore")
+            if new:
+                self.writer.writeheader()
+
+    def write(self, rows: list[dict]) -> None:
+        for row in rows:
+            if self.jsonl:
+                self.file.write(json.dumps(row) + "\n")
+            else:
+                self.writer.writerow({k: json.dumps(v) if isinstance(v, list) else v
+                                      for k, v in row.items()})
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def done_sources(path: Path) -> set[str]:
+    """Inputs already written to an output file (for resuming)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+            return {json.loads(line)["source"] for line in f if line.strip()}
+        return {row["source"] for row in csv.DictReader(f)}
+
+
+def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Path,
+                  every: float = 1.0, max_frames: int | None = None,
+                  annotate: str | Path | None = None, with_embedding: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> AnalyzeSummary:
+    """Analyze every input into `out` (.csv or .jsonl); see the module doc.
+
+    Example:
+        >>> analyze_paths(FaceAnalyzer("mtcnn", "runs/mt"), ["photos/"], "faces.csv")  # doctest: +SKIP
+    """
+    out = Path(out)
+    inputs = list_inputs(paths)
+    columns = list(BASE_COLUMNS)
+    if analyzer.run is not None:
+        columns += attribute_columns()
+    if analyzer.db is not None:
+        columns += ID_COLUMNS
+    if with_embedding:
+        columns.append("embedding")
+    done = done_sources(out)
+    summary = AnalyzeSummary()
+    writer = RecordWriter(out, columns)
+    try:
+        for n, path in enumerate(inputs, 1):
+            key = str(path)
+            if key in done:
+                summary.skipped += 1
+            else:
+                try:
+                    rows = _analyze_one(analyzer, path, every, max_frames, annotate,
+                                        with_embedding, summary)
+                except FacelabError as exc:
+                    summary.failed[key] = str(exc)
+                    log.warning("%s", exc)
+                else:
+                    writer.write(rows)
+                    summary.done += 1
+            if progress:
+                progress(n, len(inputs))
+    finally:
+        writer.close()
+    if summary.failed:
+        err = out.with_name(out.name + ".errors.csv")
+        with open(err, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["source", "error"])
+            w.writerows(summary.failed.items())
+    return summary
+
+
+def _analyze_one(analyzer: FaceAnalyzer, path: Path, every: float, max_frames: int | None,
+                 annotate: str | Path | None, with_embedding: bool,
+                 summary: AnalyzeSummary) -> list[dict]:
+    rows: list[dict] = []
+    video_writer = None
+    try:
+        for t, frame in frames_of(path, every, max_frames):
+            faces = analyzer.analyze(frame)
+            summary.frames += 1
+            summary.faces += len(faces)
+            base = {"source": str(path), "frame_time": "" if t is None else round(t, 3),
+                    "faces": len(faces)}
+            rows.extend([{**base, "face": i, **f.to_dict(with_embedding)} for i, f in enumerate(faces)]
+                        or [{**base, "face": ""}])
+            if annotate is not None:
+                drawn = draw_faces(frame, faces)
+                if t is None:
+                    save_annotated(drawn, path, Path(annotate))
+                else:
+                    video_writer = video_writer or AnnotatedVideo(path, Path(annotate), every)
+                    video_writer.add(drawn)
+    finally:
+        if video_writer is not None:
+            video_writer.close()
+    return rows
+
+
+def draw_faces(image: np.ndarray, faces: list[AnalyzedFace]) -> np.ndarray:
+    """The image with each face's box, landmarks and labels drawn on it."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(image)
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(max(image.shape[:2]) / 300))
+    for r in faces:
+        x1, y1, x2, y2 = r.face.box
+        colour = (40, 200, 40)
+        if r.attributes is not None:
+            colour = {"correct": (40, 200, 40), "incorrect": (240, 170, 0),
+                      "none": (220, 40, 40)}[r.attributes.labels["mask"]]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        if r.face.landmarks is not None:
+            for x, y in np.asarray(r.face.landmarks):
+                draw.ellipse((x - width, y - width, x + width, y + width), fill=colour)
+        parts = []
+        if r.attributes is not None:
+            parts.append(" ".join(r.attributes.labels.values()))
+        if r.distance is not None:
+            parts.append(r.identity or "unknown")
+        if parts:
+            draw.text((x1, max(0, y1 - 12)), " | ".join(parts), fill=colour)
+    return np.asarray(img)
+
+
+def save_annotated(image: np.ndarray, source: Path, folder: Path) -> Path:
+    """Write an annotated image under `folder`, named after its source (never outside it)."""
+    from PIL import Image
+
+    from facelab.io.outpaths import derived_path
+
+    dest = derived_path(folder, source, suffix=".jpg")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(dest, quality=90)
+    return dest
+
+
+class AnnotatedVideo:
+    """An MP4 of annotated sampled frames (PyAV), at 1/`every` frames per second."""
+
+    def __init__(self, source: Path, folder: Path, every: float) -> None:
+        from facelab.io.outpaths import derived_path
+
+        self.path = derived_path(folder, source, suffix=".mp4")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps = max(1, round(1 / every))
+        self.container, self.stream = None, None
+
+    def add(self, frame: np.ndarray) -> None:
+        import av
+
+        h, w = (frame.shape[0] // 2) * 2, (frame.shape[1] // 2) * 2  # yuv420p needs even sides
+        if self.container is None:
+            self.container = av.open(str(self.path), "w")
+            self.stream = self.container.add_stream("mpeg4", rate=self.fps)
+            self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.container is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()

@@ -1,0 +1,100 @@
+"""`facelab analyze | export`: run a trained model on photos and videos; export it to ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from facelab.cli import app
+
+
+@app.command("analyze")
+def analyze_cmd(
+    paths: list[Path] = typer.Argument(..., help="Images, videos or folders (recursive)."),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="Attribute run folder (mask/gender/age)."),
+    detector: str = typer.Option("mtcnn", help="Detector or cascade ('mtcnn-mask>mtcnn'); 'none' = each image is one face crop."),
+    choose: str = typer.Option("all", help="Faces kept per image: all, largest, central or score."),
+    min_score: float = typer.Option(0.0, help="Drop detections below this score."),
+    min_size: float = typer.Option(0.0, help="Drop faces narrower than this (pixels)."),
+    embedder: Optional[str] = typer.Option(None, help="Embed faces with this model (e.g. dlib-resnet)."),
+    db: Optional[Path] = typer.Option(None, help="Face database for identity lookup (uses its embedder)."),
+    backend: str = typer.Option("torch", help="Attribute backend: torch, onnx or onnx-int8."),
+    out: Path = typer.Option(Path("faces.csv"), "--out", "-o", help="Output: .csv or .jsonl (one row per face)."),
+    every: float = typer.Option(1.0, help="Video: seconds between sampled frames."),
+    max_frames: Optional[int] = typer.Option(None, help="Video: at most this many frames per file."),
+    annotate: Optional[Path] = typer.Option(None, help="Write annotated images / videos into this folder."),
+    embeddings: bool = typer.Option(False, "--embeddings", help="Also write each face's vector."),
+) -> None:
+    """Find every face in photos and videos, with mask state, gender, age and identity.
+
+    Resumable: inputs already in --out are skipped. Unreadable files are listed in
+    <out>.errors.csv; the command fails only when no input could be analyzed.
+
+    Examples:
+
+        facelab analyze photos/ --run runs/mt --out faces.csv
+
+        facelab analyze clip.mp4 --run runs/mt --every 0.5 --annotate annotated/
+
+        facelab analyze crops/ --detector none --run runs/mt --backend onnx -o crops.jsonl
+
+        facelab analyze door_cam/ --db faces.db --out who.csv
+    """
+    from facelab.analyze.analyzer import FaceAnalyzer
+    from facelab.analyze.batch import analyze_paths
+
+    analyzer = FaceAnalyzer(None if detector == "none" else detector, run, embedder, db,
+                            choose, min_score, min_size, backend)
+    with Progress(TextColumn("analyze"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("analyze", total=None)
+        summary = analyze_paths(analyzer, paths, out, every, max_frames, annotate, embeddings,
+                                lambda d, n: bar.update(task, completed=d, total=n))
+    typer.echo(f"{out}: {summary.done} input(s) analyzed ({summary.frames} frames, {summary.faces} "
+               f"faces), {summary.skipped} already done, {len(summary.failed)} failed")
+    if summary.failed:
+        typer.secho(f"failed inputs listed in {out.name}.errors.csv, e.g. "
+                    f"{next(iter(summary.failed.values()))}", fg=typer.colors.YELLOW, err=True)
+        if summary.done == 0 and summary.skipped == 0:
+            raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default <run>/model.onnx)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (<run>/model.int8.onnx) "
+                              "calibrated on training-split crops."),
+    calib_images: int = typer.Option(512, help="Training crops used to calibrate int8 ranges."),
+) -> None:
+    """Export a trained attribute run to ONNX (fp32, and int8 with --int8).
+
+    The graph takes uint8 face crops (B, S, S, 3) and returns per-task probabilities; use it
+    with `--backend onnx` in predict / analyze, or in any ONNX Runtime.
+
+    Examples:
+
+        facelab export runs/mt --format onnx
+
+        facelab export runs/mt --format onnx --int8
+    """
+    from facelab.errors import ConfigError
+    from facelab.predict.export import export_onnx, quantize_int8
+    from facelab.predict.run import AttributeRun
+
+    if format != "onnx":
+        raise ConfigError(f"export format {format!r} unknown; use onnx")
+    attr = AttributeRun.load(run)
+    path = export_onnx(attr, out)
+    typer.echo(f"ONNX model: {path}")
+    if int8:
+        data = attr.prepare_data()
+        idx = data.indices("train")
+        pick = idx[np.linspace(0, len(idx) - 1, min(calib_images, len(idx))).astype(int)]
+        q = quantize_int8(attr, data.cache.pixels[pick], fp32=path)
+        typer.echo(f"int8 model: {q} (calibrated on {len(pick)} training crops)")

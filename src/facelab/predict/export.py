@@ -1,0 +1,112 @@
+"""ONNX export of an attribute run, and int8 quantization calibrated on training images.
+
+The exported graph takes what the pixel cache holds, uint8 (B, S, S, 3) face crops, and
+returns per-task probabilities `mask`, `gender`, `age`; normalisation and the run's
+evaluation center crop are inside it. TTA and decision biases stay outside (shared with the
+PyTorch backend in facelab.predict.run), so both backends decide identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facelab.data.labels import TASKS
+from facelab.errors import CheckpointError
+from facelab.models.heads import task_log_probs
+
+log = logging.getLogger(__name__)
+OPSET = 17
+
+
+class _ProbsFromPixels(nn.Module):
+    """uint8 NHWC pixels -> per-task probabilities (the exported graph)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor):
+        x = pixels.permute(0, 3, 1, 2).float() / 255.0
+        lp = task_log_probs(self.model(x))
+        return tuple(lp[t].exp() for t in TASKS)
+
+
+def default_onnx_path(run, int8: bool = False) -> Path:
+    return run.path.parent / ("model.int8.onnx" if int8 else "model.onnx")
+
+
+def export_onnx(run, path: str | Path | None = None) -> Path:
+    """Write the run's model as ONNX (default `<run>/model.onnx`); returns the path.
+
+    Example:
+        >>> export_onnx(AttributeRun.load("runs/mt"))  # doctest: +SKIP
+        PosixPath('runs/mt/model.onnx')
+    """
+    path = Path(path) if path else default_onnx_path(run)
+    model = run.model_config.build(pretrained="")
+    model.load_state_dict(run.checkpoint["model"])
+    from facelab.models.preprocess import add_eval_center_crop
+
+    wrapper = _ProbsFromPixels(add_eval_center_crop(model, run.center_crop).eval()).eval()
+    size = run.settings.size
+    dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.inference_mode():
+        torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=["pixels"],
+                          output_names=list(TASKS), opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"pixels": {0: "batch"}, **{t: {0: "batch"} for t in TASKS}})
+    tmp.replace(path)
+    return path
+
+
+def quantize_int8(run, pixels: np.ndarray, path: str | Path | None = None,
+                  fp32: str | Path | None = None) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights) of the exported model, with
+    activation ranges calibrated on `pixels` (uint8 training crops, never test ones)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = Path(fp32) if fp32 else default_onnx_path(run)
+    if not fp32.is_file():
+        export_onnx(run, fp32)
+    path = Path(path) if path else default_onnx_path(run, int8=True)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"pixels": np.ascontiguousarray(pixels[i : i + 32])}
+                                 for i in range(0, len(pixels), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    pre = path.with_name(path.name + ".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    try:
+        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+    finally:
+        pre.unlink(missing_ok=True)
+    return path
+
+
+def onnx_path(run, int8: bool = False) -> Path:
+    """The run's ONNX file for a backend: fp32 is exported on first use, int8 must exist."""
+    path = default_onnx_path(run, int8)
+    if int8 and not path.is_file():
+        raise CheckpointError(f"{path} not found; make it with `facelab export "
+                              f"{run.path.parent} --format onnx --int8`")
+    if not int8 and (not path.is_file() or path.stat().st_mtime < run.path.stat().st_mtime):
+        log.info("exporting %s to ONNX: %s", run.path, path)
+        export_onnx(run, path)
+    return path
