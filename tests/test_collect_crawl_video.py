@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from facelab.collect.crawl import crawl, slug
+from facelab.collect.fetch import FetchConfig
 from facelab.collect.video import sample_frames, save_frames
 from facelab.errors import ConfigError
 
@@ -21,7 +22,7 @@ class _H(BaseHTTPRequestHandler):
 
     def do_GET(self):
         buf = io.BytesIO()
-        Image.fromarray(np.full((80, 80, 3), len(self.path) * 10 % 255, np.uint8)).save(buf, "JPEG")
+        Image.fromarray(np.full((80, 80, 3), sum(self.path.encode()) % 255, np.uint8)).save(buf, "JPEG")
         self.send_response(200)
         self.send_header("Content-Type", "image/jpeg")
         self.send_header("Content-Length", str(len(buf.getvalue())))
@@ -35,11 +36,12 @@ def test_crawl_urllist_on_loopback(tmp_path):
     try:
         urls = tmp_path / "my list.txt"
         urls.write_text("\n".join(f"http://127.0.0.1:{srv.server_address[1]}/{i}.jpg" for i in range(3)))
-        out = crawl(str(urls), tmp_path / "raw", engine="urllist", max_num=3, threads=1)
+        out = crawl(str(urls), tmp_path / "raw", engine="urllist", max_num=3, threads=1,
+                    config=FetchConfig(allow_hosts=("127.0.0.1",)))
     finally:
         srv.shutdown()
     assert out == tmp_path / "raw" / "my-list"
-    files = sorted(out.iterdir())
+    files = sorted(p for p in out.iterdir() if p.name != "sources.csv")
     assert len(files) == 3
     for f in files:
         Image.open(f).verify()

@@ -6,6 +6,7 @@ import io
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def _png() -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    hits: dict = {}
+    hits: ClassVar[dict] = {}
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -45,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         p = self.path
         _Handler.hits[p] = _Handler.hits.get(p, 0) + 1
-        if p.startswith("/ok.jpg") or p.startswith("/..%2F"):
+        if p.startswith(("/ok.jpg", "/..%2F")):
             self._send(200, _jpeg())
         elif p == "/ok2.png":
             self._send(200, _png(), "image/png")
