@@ -41,7 +41,9 @@ def test_db_cli_roundtrip(tmp_path):
     assert rows[1][1] == "bob" and rows[2][1] == "bob"
     out = _ok(["db", "verify", db, str(tmp_path / "people" / "cy" / "1.png"), "cy"])
     assert json.loads(out)["same"] is True
-    _ok(["db", "enroll", db, "dee", str(tmp_path / "people" / "ada" / "0.png")])  # duplicate bytes
+    # the same bytes already stored as ada: refused, and said so (nothing enrolled as dee)
+    res = runner.invoke(app, ["db", "enroll", db, "dee", str(tmp_path / "people" / "ada" / "0.png")])
+    assert res.exit_code != 0 and "already stored under identity 'ada'" in str(res.exception)
     out = _ok(["db", "delete", db, "bob", "--yes"])
     assert json.loads(out)["embedding_ids"] == 2
     stats = json.loads(_ok(["db", "stats", db]))

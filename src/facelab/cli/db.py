@@ -24,6 +24,10 @@ db_app = typer.Typer(
 app.add_typer(db_app, name="db")
 
 DB_ARG = typer.Argument(..., help="Database file (SQLite) or postgresql:// URL.")
+FACE_OPT = typer.Option(
+    None, "--face",
+    help="Which face when a photo shows several: largest, central, all (search) or an index "
+         "(0 = largest). Default: refuse photos with several faces.")
 
 
 def _open(db: str):
@@ -41,6 +45,9 @@ def init(
     db: str = DB_ARG,
     embedder: str = typer.Option("dlib-resnet", help="Embedding model (dlib-resnet, dlib-resnet-upper, pixels, mobilefacenet)."),
     detector: str = typer.Option("mtcnn", help="Face detector (mtcnn, dlib-hog, dlib-cnn, haar, whole)."),
+    fallback: str = typer.Option(
+        "skip", help="When no face is detected: skip (no face = no face) or whole (use the whole "
+                     "image; only for data sets of face crops)."),
     index: str = typer.Option("flat", help="Vector index: flat (exact), hnsw or ivf (approximate)."),
     copy_images: bool = typer.Option(True, help="Keep a managed copy of each image (erased by delete)."),
     phash_distance: int = typer.Option(4, help="Perceptual-hash near-duplicate distance (-1 = off)."),
@@ -53,7 +60,7 @@ def init(
     from facelab.facedb.db import FaceDB, FaceDBConfig
     from facelab.facedb.index import IndexConfig
 
-    cfg = FaceDBConfig(embedder=embedder, detector=detector, index=IndexConfig(kind=index),
+    cfg = FaceDBConfig(embedder=embedder, detector=detector, fallback=fallback, index=IndexConfig(kind=index),
                        copy_images=copy_images, phash_distance=phash_distance,
                        embedding_distance=embedding_distance)
     with FaceDB.init(db, cfg) as fdb:
@@ -68,49 +75,73 @@ def ingest_cmd(
     identity: str | None = typer.Option(None, help="Give every image this identity."),
     retry_failed: bool = typer.Option(False, help="Retry files that failed in an earlier run."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    face: str | None = FACE_OPT,
 ) -> None:
     """Add a folder or CSV of images (resumable: rerun after a crash to finish).
 
+    Exits 1 when every file it tried failed.
+
     Example: facelab db ingest faces.db people/ --identity-from folder
     """
+    from facelab.errors import DataFormatError
+    from facelab.facedb.db import check_face_choice
     from facelab.facedb.ingest import ingest, list_sources
 
+    choice = check_face_choice(face)
+    sources = list_sources(target, identity_from, identity)
+    if not sources:
+        raise DataFormatError(f"{target}: no image files found (extensions .jpg .png .bmp .webp .tif .gif)")
     with _open(db) as fdb:
-        rep = ingest(fdb, list_sources(target, identity_from, identity), retry_failed, progress)
+        rep = ingest(fdb, sources, retry_failed, progress, face=choice)
     typer.echo(rep.summary())
     for path, err in rep.failed:
         typer.echo(f"failed\t{path}\t{err}", err=True)
+    if rep.all_failed:
+        typer.echo(f"error: every file failed ({rep.counts['failed']}); see the lines above", err=True)
+        raise typer.Exit(1)
 
 
 @db_app.command("enroll")
 def enroll(
     db: str = DB_ARG,
     name: str = typer.Argument(..., help="Identity name."),
-    images: list[Path] = typer.Argument(..., help="Photos of this person (largest face used)."),
+    images: list[Path] = typer.Argument(..., help="Photos of this person (one face each)."),
+    face: str | None = FACE_OPT,
 ) -> None:
-    """Enroll one person from a few photos.
+    """Enroll one person from a few photos: all of them or none (each problem is listed).
 
     Example: facelab db enroll faces.db ada ada1.jpg ada2.jpg
     """
+    from facelab.facedb.db import check_face_choice
+
+    choice = check_face_choice(face)
     with _open(db) as fdb:
-        for path, res in zip(images, fdb.enroll(name, images)):
+        for path, res in zip(images, fdb.enroll(name, images, face=choice)):
             typer.echo(f"{path}\t{res.status}\t{res.faces}")
 
 
 @db_app.command("search")
 def search(
     db: str = DB_ARG,
-    image: Path = typer.Argument(..., help="Query photo (largest face used)."),
-    k: int = typer.Option(5, "-k", help="Number of neighbours."),
+    image: Path = typer.Argument(..., help="Query photo (one face, or choose with --face)."),
+    k: int = typer.Option(5, "-k", min=1, help="Number of neighbours (at least 1)."),
+    face: str | None = FACE_OPT,
 ) -> None:
-    """1:N search: print the k nearest stored faces as CSV (rank,identity,distance,match,path).
+    """1:N search: print the k nearest stored faces as CSV (rank,identity,distance,match,path;
+    with --face all, a leading query_face column).
 
     Example: facelab db search faces.db probe.jpg -k 3
     """
+    from facelab.facedb.db import check_face_choice
+
+    choice = check_face_choice(face)
     with _open(db) as fdb:
-        typer.echo("rank,identity,distance,match,path")
-        for r, m in enumerate(fdb.search(image, k)[0], 1):
-            typer.echo(f"{r},{m.get('identity') or ''},{m['distance']:.4f},{int(m['match'])},{m.get('path')}")
+        results = fdb.search(image, k, face=choice)
+        typer.echo(("query_face," if choice == "all" else "") + "rank,identity,distance,match,path")
+        for q, matches in enumerate(results):
+            lead = f"{q}," if choice == "all" else ""
+            for r, m in enumerate(matches, 1):
+                typer.echo(f"{lead}{r},{m.get('identity') or ''},{m['distance']:.4f},{int(m['match'])},{m.get('path')}")
 
 
 @db_app.command("verify")
@@ -118,34 +149,44 @@ def verify(
     db: str = DB_ARG,
     a: Path = typer.Argument(..., help="First photo."),
     b: str = typer.Argument(..., help="Second photo, or an enrolled identity name."),
+    face: str | None = FACE_OPT,
 ) -> None:
-    """1:1 verify: same person? Uses the calibrated (or model default) threshold.
+    """1:1 verify: same person? Uses the calibrated (or model default) threshold. A photo
+    with no face is an error, never a whole-image match.
 
     Example: facelab db verify faces.db probe.jpg ada
     """
+    from facelab.facedb.db import check_face_choice
+
+    choice = check_face_choice(face)
     with _open(db) as fdb:
         bb = b if fdb.store.identity_id(b) is not None else Path(b)
-        _json(fdb.verify(a, bb))
+        _json(fdb.verify(a, bb, face=choice))
 
 
 @db_app.command("calibrate")
 def calibrate(
     db: str = DB_ARG,
     pairs: Path = typer.Argument(..., help="Pairs CSV (image_a,image_b,same) to choose the threshold on."),
+    min_pairs: int = typer.Option(20, min=1, help="Refuse with fewer usable pairs of each kind."),
+    face: str = typer.Option("largest", "--face", help="Face used in photos with several: largest, central or an index."),
 ) -> None:
     """Choose and store the verify threshold from labelled pairs (never from your test pairs).
 
+    Needs at least --min-pairs usable same-person and different-person pairs; prints the
+    threshold with its 95% bootstrap interval.
+
     Example: facelab db calibrate faces.db dev_pairs.csv
     """
-    from facelab.evaluate.verification import run_verify_eval
+    from facelab.facedb.db import check_face_choice
 
+    choice = check_face_choice(face)
     with _open(db) as fdb:
-        pipe = fdb.pipeline
-        pipe.config.largest_only = True
-        rep = run_verify_eval(pairs, pipe, progress=False)
-        fdb.store.set_threshold(pipe.embedder.name, pipe.embedder.version, pipe.embedder.metric,
-                                rep.threshold, str(pairs))
-        typer.echo(f"threshold={rep.threshold:.4f} ({rep.summary()})")
+        r = fdb.calibrate_pairs(pairs, min_pairs=min_pairs, face=choice)
+    lo, hi = r["interval"]
+    typer.echo(f"threshold={r['threshold']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}; "
+               f"same={r['same_pairs']} different={r['different_pairs']} skipped={r['skipped_pairs']} "
+               f"accuracy={100 * r['accuracy']:.2f}% on these pairs)")
 
 
 @db_app.command("stats")
@@ -164,7 +205,8 @@ def delete(
     name: str = typer.Argument(..., help="Identity to erase."),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Erase an identity: images, crops, embeddings and index entries.
+    """Erase an identity: images, crops, embeddings, index entries and ingest-journal rows;
+    then vacuum the database and truncate its WAL.
 
     Example: facelab db delete faces.db ada --yes
     """

@@ -4,7 +4,10 @@ Detectors come from ``facelab.detect.get_detector`` (MTCNN, dlib HOG/CNN, Haar, 
 detector names are handled here because they need no model: ``"whole"`` (the image is already
 a face crop: the box is the whole image, shrunk by ``whole_margin``) and ``"none"``.
 When a detector finds nothing, ``fallback="whole"`` keeps the image with a whole-image box
-(marked ``stage="fallback:whole"``) instead of dropping it.
+(marked ``stage="fallback:whole"``) instead of dropping it; ``fallback="skip"`` returns no
+face. The face database always passes its own setting (``"skip"`` unless a database is made
+for face-crop data sets), because there "no face" must stay a result, never a whole-image
+"face".
 """
 
 from __future__ import annotations
@@ -58,6 +61,34 @@ def resolve_detector(name: str, **kwargs: Any) -> Any:
     return get_detector(name, **kwargs)
 
 
+FALLBACKS = ("skip", "whole")
+SELECTS = ("largest", "central")
+
+
+def face_rank(face: Face, shape: tuple, select: str = "largest") -> float:
+    """Ranking key of a face (higher = more likely "the" face of the photo).
+
+    ``"largest"``: box area; ``"central"``: area discounted by the distance of the box centre
+    from the image centre (LFW-style photos where the subject is centred).
+
+    Example:
+        >>> face_rank(Face((0.0, 0.0, 10.0, 10.0)), (100, 100, 3))
+        100.0
+    """
+    area = face.width * face.height
+    if select != "central":
+        return area
+    h, w = shape[:2]
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
+    return area * float(np.exp(-((off / 0.15) ** 2)))
+
+
+def rank_faces(faces: list[Face], shape: tuple, select: str = "largest") -> list[Face]:
+    """Faces sorted by :func:`face_rank`, best first."""
+    return sorted(faces, key=lambda f: face_rank(f, shape, select), reverse=True)
+
+
 @dataclass
 class PipelineConfig:
     """How faces are found before embedding.
@@ -79,6 +110,12 @@ class PipelineConfig:
     largest_only: bool = False
     min_score: float = 0.0
     select: str = "largest"
+
+    def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"unknown fallback {self.fallback!r}; choose one of {FALLBACKS}")
+        if self.select not in SELECTS:
+            raise ConfigError(f"unknown face selection {self.select!r}; choose one of {SELECTS}")
 
 
 class FacePipeline:
@@ -106,21 +143,12 @@ class FacePipeline:
     def faces(self, image: np.ndarray) -> list[Face]:
         """Detected faces (largest first), with the configured fallback."""
         found = [f for f in self.detector.detect(image) if f.score >= self.config.min_score]
-        found.sort(key=lambda f: self._rank(f, image.shape), reverse=True)
+        found = rank_faces(found, image.shape, self.config.select)
         if not found and self.config.fallback == "whole":
             face = WholeImageDetector(self.config.whole_margin).detect(image)[0]
             face.stage = "fallback:whole"
             found = [face]
         return found[:1] if self.config.largest_only else found
-
-    def _rank(self, face: Face, shape: tuple) -> float:
-        area = face.width * face.height
-        if self.config.select != "central":
-            return area
-        h, w = shape[:2]
-        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-        off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
-        return area * float(np.exp(-((off / 0.15) ** 2)))
 
     def run(self, image: np.ndarray) -> tuple[list[Face], np.ndarray]:
         """(faces, (len(faces), dim) vectors) for one RGB image."""

@@ -48,6 +48,38 @@ class IngestReport:
         parts = [f"{k}={v}" for k, v in sorted(self.counts.items())]
         return " ".join(parts) or "nothing to do"
 
+    @property
+    def all_failed(self) -> bool:
+        """True when files were attempted and every one of them failed."""
+        attempted = sum(v for k, v in self.counts.items() if k != "already-done")
+        return attempted > 0 and self.counts["failed"] == attempted
+
+
+def read_csv_checked(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """Read a UTF-8 CSV of strings, with one-line errors for empty, undecodable or malformed
+    files and missing columns.
+
+    Example:
+        >>> read_csv_checked("pairs.csv", ("image_a", "image_b", "same"))  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found; check the path")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError as exc:
+        raise DataFormatError(f"{path}: empty file; it needs a header line with {','.join(required)}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#x} at offset {exc.start}); "
+                              "save it as UTF-8") from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        msg = " ".join(str(exc).split())
+        raise DataFormatError(f"{path}: not a readable CSV ({msg}); fix the file") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataFormatError(f"{path}: missing column(s) {missing}; it needs {','.join(required)}")
+    return df
+
 
 def list_sources(
     target: str | Path, identity_from: str = "none", identity: str | None = None
@@ -71,9 +103,7 @@ def list_sources(
             out.append(Source(p, ident))
         return out
     if target.is_file() and target.suffix.lower() == ".csv":
-        df = pd.read_csv(target, dtype=str, keep_default_na=False)
-        if "path" not in df.columns:
-            raise DataFormatError(f"{target} needs a 'path' column (and optionally identity, source, license)")
+        df = read_csv_checked(target, ("path",))
         out = []
         for row in df.to_dict("records"):
             p = Path(row["path"])
@@ -86,9 +116,13 @@ def list_sources(
 
 def ingest(
     db: FaceDB, sources: list[Source], retry_failed: bool = False, progress: bool = True,
-    flush_every: int = 200,
+    flush_every: int = 200, face: str | int | None = None,
 ) -> IngestReport:
     """Add every source not yet journaled; returns counts per outcome.
+
+    Labelled sources (with an identity) need exactly one face, or ``face`` chooses one
+    (see :meth:`FaceDB.add_image`); otherwise they are recorded as no-face / ambiguous.
+    A file stored meanwhile by a concurrent ingest counts as a duplicate.
 
     Example:
         >>> with FaceDB("faces.db") as db:                                  # doctest: +SKIP
@@ -106,14 +140,14 @@ def ingest(
     for n, src in enumerate(it, 1):
         try:
             res = db.add_image(src.path, identity=src.identity, source=src.source,
-                               license=src.license, journal=src.key)
+                               license=src.license, journal=src.key, face=face)
             report.counts[res.status] += 1
         except (FacelabError, OSError) as exc:
             log.warning("skipping %s: %s", src.path, exc)
             report.failed.append((str(src.path), str(exc)))
             report.counts["failed"] += 1
             with db.store.transaction():
-                db.store.journal_mark(src.key, None, "failed", str(exc)[:500])
+                db.store.journal_mark(src.key, None, "failed", str(exc)[:500], identity=src.identity)
         if n % flush_every == 0:
             db.flush()
     db.flush()

@@ -46,7 +46,16 @@ _V2 = [
     """CREATE INDEX images_phash ON images(phash)""",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# v3: the journal remembers which identity a source was ingested under and which stored image
+# a near-duplicate pointed at, so erasing a person also erases their journal rows.
+_V3 = [
+    """ALTER TABLE ingest_log ADD COLUMN identity TEXT""",
+    """ALTER TABLE ingest_log ADD COLUMN ref_sha256 TEXT""",
+    """CREATE INDEX ingest_log_sha ON ingest_log(sha256)""",
+    """CREATE INDEX ingest_log_identity ON ingest_log(identity)""",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

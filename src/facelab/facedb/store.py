@@ -248,20 +248,31 @@ class FaceStore(ABC):
             return {r[0] for r in self.execute("SELECT source FROM ingest_log")}
         return {r[0] for r in self.execute("SELECT source FROM ingest_log WHERE status = ?", (status,))}
 
-    def journal_mark(self, source: str, sha256: str | None, status: str, error: str | None = None) -> None:
-        """Record the outcome of one source (call inside the same transaction as its data)."""
+    def journal_mark(self, source: str, sha256: str | None, status: str, error: str | None = None,
+                     identity: str | None = None, ref_sha256: str | None = None) -> None:
+        """Record the outcome of one source (call inside the same transaction as its data).
+
+        ``identity`` (the name it was ingested under) and ``ref_sha256`` (the stored image a
+        near-duplicate matched) let :meth:`delete_identity` erase every row about a person.
+        """
         self.execute("DELETE FROM ingest_log WHERE source = ?", (source,))
         self.execute(
-            "INSERT INTO ingest_log (source, sha256, status, error, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (source, sha256, status, error, now()),
+            "INSERT INTO ingest_log (source, sha256, status, error, updated_at, identity, ref_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (source, sha256, status, error, now(), identity, ref_sha256),
         )
+
+    def purge(self) -> dict[str, Any]:
+        """After an erasure: remove freed data from the backend's files (no-op by default)."""
+        return {}
 
     # -- deletion / stats --------------------------------------------------------------------------
     def delete_identity(self, name: str) -> dict[str, list]:
-        """Erase an identity: its faces, embeddings, labels, and images no one else appears in.
+        """Erase an identity: its faces, embeddings, labels, images no one else appears in, and
+        every ingest-journal row that names it or points at one of those images.
 
-        Returns {"embedding_ids", "crop_paths", "image_paths"} so the caller can remove index
-        entries and files.
+        Returns {"embedding_ids", "crop_paths", "image_paths", "journal_rows"} so the caller
+        can remove index entries and files.
         """
         ident = self.identity_id(name)
         if ident is None:
@@ -277,11 +288,17 @@ class FaceStore(ABC):
                 " WHERE f.identity_id = ? AND NOT EXISTS (SELECT 1 FROM faces g WHERE g.image_id = im.id"
                 " AND (g.identity_id IS NULL OR g.identity_id <> ?))", (ident, ident))
             self.execute("DELETE FROM faces WHERE identity_id = ?", (ident,))
+            journal = [r[0] for r in self.execute(
+                "SELECT source FROM ingest_log WHERE identity = ?", (name,))]
             for image_id, _, sha in images:
                 self.execute("DELETE FROM images WHERE id = ?", (image_id,))
-                self.execute("DELETE FROM ingest_log WHERE sha256 = ?", (sha,))
+                journal += [r[0] for r in self.execute(
+                    "SELECT source FROM ingest_log WHERE sha256 = ? OR ref_sha256 = ?", (sha, sha))]
+            for source in set(journal):
+                self.execute("DELETE FROM ingest_log WHERE source = ?", (source,))
             self.execute("DELETE FROM identities WHERE id = ?", (ident,))
-        return {"embedding_ids": emb, "crop_paths": crops, "image_paths": [r[1] for r in images if r[1]]}
+        return {"embedding_ids": emb, "crop_paths": crops, "image_paths": [r[1] for r in images if r[1]],
+                "journal_rows": sorted(set(journal))}
 
     def stats(self) -> dict[str, Any]:
         """Row counts per table, embeddings per model, schema version."""
@@ -299,10 +316,14 @@ class FaceStore(ABC):
 class SQLiteStore(FaceStore):
     """SQLite backend: one file, WAL journal, foreign keys on, schema migrated on open.
 
+    Every connection sets ``secure_delete`` (deleted rows are overwritten with zeros), new
+    files use ``auto_vacuum=INCREMENTAL``, and :meth:`purge` (run after an erasure) vacuums
+    and truncates the WAL so no copy of a deleted row is left in ``.db`` or ``.db-wal``.
+
     Example:
-        >>> store = SQLiteStore("faces.db")
-        >>> store.stats()["schema_version"]
-        2
+        >>> store = SQLiteStore("faces.db")              # doctest: +SKIP
+        >>> store.stats()["schema_version"]             # doctest: +SKIP
+        3
     """
 
     backend = "sqlite"
@@ -314,6 +335,9 @@ class SQLiteStore(FaceStore):
             self.conn = sqlite3.connect(
                 str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
             )
+            if not self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only effective on a new file
+            self.conn.execute("PRAGMA secure_delete=ON")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -348,6 +372,36 @@ class SQLiteStore(FaceStore):
                 self.conn.execute("COMMIT")
             finally:
                 self._depth = 0
+
+    def purge(self, attempts: int = 50) -> dict[str, Any]:
+        """Vacuum freed pages and truncate the WAL (old frames still hold deleted rows).
+
+        Databases made before auto_vacuum was set are converted by one full VACUUM. Returns
+        {"vacuum": "incremental" | "full" | "auto", "wal_truncated": bool}; the WAL cannot be
+        truncated while another connection is inside a read transaction, so this retries for
+        a few seconds and then reports False (rerun ``facelab db delete``'s purge later).
+        """
+        import time
+
+        mode = int(self.execute("PRAGMA auto_vacuum")[0][0])
+        if mode == 0:
+            self.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.execute("VACUUM")
+            how = "full"
+        elif mode == 2:
+            self.execute("PRAGMA incremental_vacuum")
+            how = "incremental"
+        else:
+            how = "auto"
+        truncated = False
+        for _ in range(max(1, attempts)):
+            busy = int(self.execute("PRAGMA wal_checkpoint(TRUNCATE)")[0][0])
+            wal = Path(str(self.path) + "-wal")
+            if not busy and (not wal.exists() or wal.stat().st_size == 0):
+                truncated = True
+                break
+            time.sleep(0.1)
+        return {"vacuum": how, "wal_truncated": truncated}
 
     def close(self) -> None:
         self.conn.close()
