@@ -20,7 +20,7 @@ from facelab.errors import CheckpointError
 from facelab.models.heads import task_log_probs
 
 log = logging.getLogger(__name__)
-OPSET = 17
+OPSET = 20  # AffineGrid (the evaluation center crop) needs opset 20
 
 
 class _ProbsFromPixels(nn.Module):

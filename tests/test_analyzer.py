@@ -1,0 +1,204 @@
+"""A trained run as one object, the face analyzer, `facelab analyze`, ONNX export (issue 11)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from facelab.data.labels import TASKS
+
+TINY = ["model.backbone=mobilenet_v3_small", "model.pretrained=''", "data.image_size=32",
+        "batch_size=8", "epochs=1", "threads=1", "patience=0", "augment.center_crop=0.9",
+        "data.test_fraction=0.25", "data.val_fraction=0.2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A 1-epoch run on a synthetic competition set (center crop on, to cover that path)."""
+    from conftest import make_competition
+
+    from facelab.train.config import load_config
+    from facelab.train.trainer import fit
+
+    root = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    comp = make_competition(root / "comp", n_people=8, n_eval=6)
+    cfg = root / "c.yaml"
+    cfg.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{comp}'}}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACELAB_CACHE", str(root / "cache"))
+        fit(load_config(cfg, TINY), root / "run")
+    return root / "run"
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        arr = rng.integers(0, 255, (60 + 10 * i, 50, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_in_memory_image_gives_the_cache_pixels_and_predict_probabilities(tiny_run, photos):
+    """One image in memory is preprocessed exactly as the cache does, and
+    facelab.load(run).predict_image(img) equals `facelab predict` on the same file."""
+    import facelab
+    from facelab.data.cache import PixelCache
+    from facelab.predict.predict import folder_table, input_table, predict_table
+
+    run = facelab.load(tiny_run)
+    table = folder_table(photos)
+    cache = PixelCache.build(table, run.settings)
+    img = facelab.load_image(photos / "p1.png")
+    assert np.array_equal(run.preprocess(img), cache.pixels[1])
+    preds, bad = predict_table(tiny_run, table)
+    one = run.predict_image(img)
+    for t in TASKS:
+        cols = [c for c in preds.columns if c.startswith(f"p_{t}_")]
+        assert np.allclose(one.probs[t], preds.loc[1, cols].to_numpy(float), atol=1e-6)
+    # a face box: the boxes-CSV cache path and predict_image(img, face) agree too
+    csv = photos / "boxes.csv"
+    pd.DataFrame({"image": ["p1.png"], "x1": [5], "y1": [8], "x2": [40], "y2": [50]}).to_csv(csv, index=False)
+    boxed = PixelCache.build(input_table(boxes=str(csv)), run.settings)
+    assert np.array_equal(run.preprocess(img, (5, 8, 40, 50)), boxed.pixels[0])
+
+
+def test_predict_csv_needs_no_labels_and_marks_degenerate_inputs(tiny_run, photos):
+    from conftest import run_cli
+
+    Image.new("RGB", (1, 1)).save(photos / "tiny.png")
+    csv = photos / "faces.csv"
+    pd.DataFrame({"image": ["p0.png", "tiny.png", "p1.png", "p2.png", "p0.png"],
+                  "x1": [0, "", 500, "inf", 0], "y1": [0, "", 500, 0, 0],
+                  "x2": [30, "", 600, 10, 1e6], "y2": [30, "", 600, 10, 1e6]}).to_csv(csv, index=False)
+    proc = run_cli("predict", str(tiny_run), "--csv", str(csv), "-o", "out.csv", cwd=photos)
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_csv(photos / "out.csv")
+    # tiny image, a box outside the image, an infinite box: not ok; a huge box is clipped, ok
+    assert out["ok"].tolist() == [True, False, False, False, True]
+    bad = pd.read_csv(photos / "out_unreadable.csv")
+    assert bad["error"].str.contains("too small|outside|not finite").all() and len(bad) == 3
+    (photos / "empty.csv").write_text("image\n")
+    proc = run_cli("predict", str(tiny_run), "--csv", str(photos / "empty.csv"), cwd=photos)
+    assert proc.returncode == 2 and "no rows" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_onnx_export_matches_pytorch_and_int8_runs(tiny_run, photos):
+    from facelab.predict.backends import OnnxBackend
+    from facelab.predict.export import export_onnx, quantize_int8
+    from facelab.predict.run import AttributeRun
+
+    run = AttributeRun.load(tiny_run, tta=True)
+    onnx = AttributeRun.load(tiny_run, tta=True, backend="onnx")
+    images = [photos / f"p{i}.png" for i in range(3)]
+    a, b = run.predict_batch(images), onnx.predict_batch(images)
+    diff = max(float(np.abs(x.probs[t] - y.probs[t]).max()) for x, y in zip(a, b) for t in TASKS)
+    assert diff < 1e-4, diff
+    pixels = np.stack([run.preprocess(p) for p in images] * 4)
+    q = quantize_int8(run, pixels, tiny_run / "model.int8.onnx", export_onnx(run))
+    out = OnnxBackend(q)(pixels[:3])
+    assert all(np.allclose(out[t].sum(1), 1, atol=1e-3) for t in TASKS)
+    assert AttributeRun.load(tiny_run, backend="onnx-int8").backend.name == "onnx-int8"
+
+
+def test_face_analyzer_stages(tiny_run, photos):
+    from facelab.analyze import FaceAnalyzer
+
+    fa = FaceAnalyzer(None, attributes=tiny_run, embedder="pixels")
+    faces = fa.analyze(photos / "p0.png")
+    assert len(faces) == 1 and faces[0].face.stage == "whole"
+    rec = faces[0].to_dict(with_embedding=True)
+    assert rec["mask"] in ("correct", "incorrect", "none") and 0 <= rec["class18"] < 18
+    assert len(rec["embedding"]) == 128 and rec["x2"] == 50
+    # a real detector on a photo with no face: no records, not a guess
+    none = FaceAnalyzer("haar", attributes=tiny_run).analyze(np.full((120, 120, 3), 128, np.uint8))
+    assert none == []
+
+
+def _video(path: Path, frames: int = 6) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=4)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            arr = np.full((48, 64, 3), 20 * i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_analyze_cli_images_video_bad_files_resume(tiny_run, photos, tmp_path):
+    from conftest import run_cli
+
+    _video(photos / "clip.mp4")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (photos / "empty.mp4").write_bytes(b"\x00" * 100)
+    args = ["analyze", str(photos), "--run", str(tiny_run), "--detector", "none", "--every", "0.5",
+            "-o", "faces.csv", "--annotate", "ann"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(tmp_path / "faces.csv")
+    assert set(df["source"].map(lambda s: Path(s).name)) == {"p0.png", "p1.png", "p2.png", "clip.mp4"}
+    assert (df["source"].str.endswith("clip.mp4")).sum() == 3  # 1.5 s at 4 fps, every 0.5 s
+    errors = pd.read_csv(tmp_path / "faces.csv.errors.csv")
+    assert sorted(errors["source"].map(lambda s: Path(s).name)) == ["broken.jpg", "empty.mp4"]
+    assert list((tmp_path / "ann").rglob("*.mp4")) and len(list((tmp_path / "ann").rglob("*.jpg"))) == 3
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "4 already done" in again.stdout
+    assert len(pd.read_csv(tmp_path / "faces.csv")) == len(df)  # nothing duplicated
+    bad_only = tmp_path / "bad"
+    bad_only.mkdir()
+    (bad_only / "x.png").write_bytes(b"junk")
+    proc = run_cli("analyze", str(bad_only), "--detector", "none", "-o", "b.jsonl", cwd=tmp_path)
+    assert proc.returncode == 1 and "1 failed" in proc.stdout
+
+
+def test_huge_image_is_a_clear_error_and_the_folder_keeps_going(tmp_path):
+    from facelab.analyze import FaceAnalyzer
+    from facelab.analyze.batch import analyze_paths
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("L", (20000, 20000)).save(folder / "huge.png", optimize=False)
+    Image.new("RGB", (40, 40), (100, 80, 60)).save(folder / "ok.png")
+    summary = analyze_paths(FaceAnalyzer(None, embedder="pixels"), [folder], tmp_path / "o.jsonl")
+    assert summary.done == 1 and "too large" in summary.failed[str(folder / "huge.png")]
+    row = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
+    assert row["faces"] == 1 and row["source"].endswith("ok.png")
+
+
+LAYERS = ["train", "evaluate", "predict", "models", "data"]
+
+
+def _imports(package: str) -> set[str]:
+    """facelab packages imported anywhere (module level or inside functions) by `package`."""
+    root = Path(__file__).parents[1] / "src" / "facelab" / package
+    found = set()
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            found |= {n.split(".")[1] for n in names if n.startswith("facelab.")}
+    return found - {package}
+
+
+def test_import_graph_has_no_cycle_and_inference_never_imports_training():
+    for i, pkg in enumerate(LAYERS):
+        higher = set(LAYERS[:i])
+        assert not (_imports(pkg) & higher), f"{pkg} imports {_imports(pkg) & higher}"
+    assert "train" not in _imports("embed") | _imports("facedb") | _imports("analyze")
+    for a in ("train", "predict", "evaluate", "embed"):
+        for b in ("train", "predict", "evaluate", "embed"):
+            assert not (a != b and b in _imports(a) and a in _imports(b)), (a, b)
