@@ -292,14 +292,17 @@ def crawl_cmd(
     folder: Path = typer.Argument(..., help="Images go to FOLDER/<keyword-slug>/."),
     engine: str = typer.Option("bing", help="bing, google, baidu, flickr or urllist."),
     max_num: int = typer.Option(100, help="Maximum images."),
+    allow_private: bool = typer.Option(False, help="Allow private/loopback addresses."),
 ) -> None:
     """Collect images from an image search engine through icrawler.
 
     Example: facelab db crawl "ada lovelace portrait" raw/ --max-num 50
     """
     from facelab.collect.crawl import crawl
+    from facelab.collect.fetch import FetchConfig
 
-    typer.echo(str(crawl(keyword, folder, engine=engine, max_num=max_num)))
+    cfg = FetchConfig(allow_private=allow_private)
+    typer.echo(str(crawl(keyword, folder, engine=engine, max_num=max_num, config=cfg)))
 
 
 @db_app.command("frames")
