@@ -12,5 +12,8 @@ from facelab.detect.base import (
     get_detector,
     register_detector,
 )
+from facelab.detect.cascade import CascadeDetector, CropResult, FaceCropper
+from facelab.detect.select import CHOICES, select_faces
 
-__all__ = ["Detector", "as_rgb", "available_detectors", "get_detector", "register_detector"]
+__all__ = ["CHOICES", "CascadeDetector", "CropResult", "Detector", "FaceCropper", "as_rgb",
+           "available_detectors", "get_detector", "register_detector", "select_faces"]

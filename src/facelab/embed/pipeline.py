@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from facelab.detect.select import CHOICES, face_rank, rank_faces  # noqa: F401
 from facelab.embed.base import Embedder, get_embedder
 from facelab.errors import ConfigError
 from facelab.types import Face
@@ -62,31 +63,9 @@ def resolve_detector(name: str, **kwargs: Any) -> Any:
 
 
 FALLBACKS = ("skip", "whole")
-SELECTS = ("largest", "central")
-
-
-def face_rank(face: Face, shape: tuple, select: str = "largest") -> float:
-    """Ranking key of a face (higher = more likely "the" face of the photo).
-
-    ``"largest"``: box area; ``"central"``: area discounted by the distance of the box centre
-    from the image centre (LFW-style photos where the subject is centred).
-
-    Example:
-        >>> face_rank(Face((0.0, 0.0, 10.0, 10.0)), (100, 100, 3))
-        100.0
-    """
-    area = face.width * face.height
-    if select != "central":
-        return area
-    h, w = shape[:2]
-    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-    off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
-    return area * float(np.exp(-((off / 0.15) ** 2)))
-
-
-def rank_faces(faces: list[Face], shape: tuple, select: str = "largest") -> list[Face]:
-    """Faces sorted by :func:`face_rank`, best first."""
-    return sorted(faces, key=lambda f: face_rank(f, shape, select), reverse=True)
+# The package's one face-choice vocabulary (facelab.detect.select); "all" is the pipeline's
+# default ordering anyway, so a pipeline ranks by one of the single-face choices.
+SELECTS = tuple(c for c in CHOICES if c != "all")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from facelab.detect.select import CHOICES
 from facelab.errors import ConfigError, DataFormatError, ImageDecodeError
 from facelab.facedb.index import IndexConfig, VectorIndex, ids_checksum
 from facelab.facedb.store import (
@@ -46,7 +47,7 @@ from facelab.facedb.store import (
 log = logging.getLogger(__name__)
 
 FALLBACKS = ("skip", "whole")
-FACE_CHOICES = ("largest", "central", "all")
+FACE_CHOICES = CHOICES  # facelab.detect.select: largest, central, score, all
 CONFIG_VERSION = 2  # 2: fallback is an explicit choice ("skip" by default)
 MIN_WHOLE_SIDE = 16  # a whole-image "face" smaller than this (pixels) is no face
 MIN_WHOLE_STD = 2.0  # ... and so is a flat (blank) one
@@ -401,7 +402,7 @@ class FaceDB:
     @staticmethod
     def _choose(faces: list, image: np.ndarray, face: str | int | None, name: str) -> list:
         """The faces meant by ``face`` (see :func:`check_face_choice`); raises when none / ambiguous."""
-        from facelab.embed.pipeline import rank_faces
+        from facelab.detect.select import rank_faces
 
         face = check_face_choice(face)
         if not faces:
