@@ -9,33 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from facelab.data.labels import TASKS
-
-TINY = ["model.backbone=mobilenet_v3_small", "model.pretrained=''", "data.image_size=32",
-        "batch_size=8", "epochs=1", "threads=1", "patience=0", "augment.center_crop=0.9",
-        "data.test_fraction=0.25", "data.val_fraction=0.2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A 1-epoch run on a synthetic competition set (center crop on, to cover that path)."""
-    from conftest import make_competition
-
-    from facelab.train.config import load_config
-    from facelab.train.trainer import fit
-
-    root = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
-    comp = make_competition(root / "comp", n_people=8, n_eval=6)
-    cfg = root / "c.yaml"
-    cfg.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{comp}'}}\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACELAB_CACHE", str(root / "cache"))
-        fit(load_config(cfg, TINY), root / "run")
-    return root / "run"
 
 
 @pytest.fixture
