@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from facelab.data.labels import TASKS
+from facelab.types import Face
 
 
 @pytest.fixture
@@ -178,3 +179,23 @@ def test_import_graph_has_no_cycle_and_inference_never_imports_training():
     for a in ("train", "predict", "evaluate", "embed"):
         for b in ("train", "predict", "evaluate", "embed"):
             assert not (a != b and b in _imports(a) and a in _imports(b)), (a, b)
+
+
+def test_detection_on_a_huge_photo_runs_downscaled_and_maps_boxes_back():
+    """A 9000x9000 photo is detected at the detector's max side, boxes in original pixels."""
+    from facelab.detect.base import Detector
+
+    seen = []
+
+    class Fixed(Detector):
+        def _detect_one(self, image):
+            seen.append(image.shape)
+            return [Face((100.0, 100.0, 300.0, 300.0), 0.9, np.array([[150.0, 150.0]] * 5))]
+
+    big = np.zeros((9000, 6000, 3), np.uint8)
+    (face,) = Fixed("fixed").detect(big)
+    assert seen == [(2048, 1365, 3)]
+    scale = 9000 / 2048
+    assert np.allclose(face.box, [100 * scale, 100 * scale, 300 * scale, 300 * scale])
+    assert np.allclose(face.landmarks[0], [150 * scale, 150 * scale])
+    assert Fixed("fixed").detect(np.zeros((50, 40, 3), np.uint8))[0].box == (100.0, 100.0, 300.0, 300.0)

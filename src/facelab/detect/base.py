@@ -139,6 +139,10 @@ class Detector:
 
     #: whether ``_detect_batch`` does real batching (else images run one by one).
     batched = False
+    #: longer sides above this are downscaled before detection and boxes scaled back: a
+    #: 9000x9000 photo would otherwise cost gigabytes of image pyramid for faces that are
+    #: still hundreds of pixels wide at this size.
+    max_side = 2048
 
     def __init__(self, name: str = "", **options) -> None:
         self.name = name or type(self).__name__.lower()
@@ -157,10 +161,21 @@ class Detector:
         if not arrays:
             return []
         self.prepare()
+        scales = [min(1.0, self.max_side / max(im.shape[:2])) for im in arrays]
+        if any(s < 1 for s in scales):
+            import cv2
+
+            arrays = [im if s == 1 else cv2.resize(im, (max(1, round(im.shape[1] * s)),
+                      max(1, round(im.shape[0] * s))), interpolation=cv2.INTER_AREA)
+                      for im, s in zip(arrays, scales)]
         out = self._detect_batch(arrays)
-        for faces in out:
+        for faces, s in zip(out, scales):
             for f in faces:
                 f.stage = f.stage or self.name
+                if s < 1:
+                    f.box = tuple(float(v) / s for v in f.box)
+                    if f.landmarks is not None:
+                        f.landmarks = np.asarray(f.landmarks, float) / s
             faces.sort(key=lambda f: -f.score)
         return out
 
