@@ -93,6 +93,9 @@ def predict_cmd(
                         folder and str(folder))
     preds, bad = predict_table(run, table, tta, calibrated=calibrated, backend=backend)
     write_prediction_files(preds, bad, out, submission, competition is not None)
+    if not preds["ok"].any():
+        typer.secho("no image could be used; nothing was predicted", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 def write_prediction_files(preds, bad, out: Path, submission: Optional[Path], competition: bool,
