@@ -97,6 +97,8 @@ def test_face_analyzer_stages(tiny_run, photos):
     rec = faces[0].to_dict(with_embedding=True)
     assert rec["mask"] in ("correct", "incorrect", "none") and 0 <= rec["class18"] < 18
     assert len(rec["embedding"]) == 128 and rec["x2"] == 50
+    same = fa.run.predict_image(photos / "p0.png").probs  # a crop is read as predict reads it
+    assert all(np.allclose(faces[0].attributes.probs[t], same[t], atol=1e-6) for t in TASKS)
     # a real detector on a photo with no face: no records, not a guess
     none = FaceAnalyzer("haar", attributes=tiny_run).analyze(np.full((120, 120, 3), 128, np.uint8))
     assert none == []

@@ -149,7 +149,10 @@ class FaceAnalyzer:
         results = [[AnalyzedFace(f) for f in fs] for fs in faces]
         flat = [(i, r) for i, rs in enumerate(results) for r in rs]
         if self.run is not None and flat:
-            preds = self.run.predict_batch([arrays[i] for i, _ in flat], [r.face for _, r in flat])
+            # a face crop (no detector) is fed as `facelab predict` feeds a photo: the run's own
+            # crop mode, not a box padded by the run's margin
+            boxes = [None if r.face.stage == "whole" else r.face for _, r in flat]
+            preds = self.run.predict_batch([arrays[i] for i, _ in flat], boxes)
             for (_, r), p in zip(flat, preds):
                 r.attributes = p
         t3 = time.perf_counter()
