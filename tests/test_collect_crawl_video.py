@@ -74,7 +74,7 @@ def test_sample_frames(tmp_path):
     assert [round(t, 2) for t, _ in got] == [0.0, 0.5, 1.0, 1.5]
     assert got[0][1].shape == (48, 64, 3) and got[0][1].dtype == np.uint8
     saved = save_frames(path, tmp_path / "frames", every=1.0, max_frames=1)
-    assert [p.name for p in saved] == ["clip_00000000.jpg"]
+    assert [p.name for p in saved] == ["clip.mp4_00000000.jpg"]
 
 
 def test_sample_frames_bad_file(tmp_path):

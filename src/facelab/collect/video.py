@@ -47,14 +47,15 @@ def sample_frames(
 
 def save_frames(path: str | Path, folder: str | Path, every: float = 1.0,
                 max_frames: int | None = None) -> list[Path]:
-    """Write sampled frames as JPEGs named ``<video stem>_<ms>.jpg``; returns their paths."""
+    """Write sampled frames as JPEGs named ``<video file name>_<ms>.jpg`` (the extension stays
+    in the name, so clip.mp4 and clip.mov never overwrite each other); returns their paths."""
     from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for t, rgb in sample_frames(path, every, max_frames):
-        dest = folder / f"{Path(path).stem}_{int(round(t * 1000)):08d}.jpg"
+        dest = folder / f"{Path(path).name}_{int(round(t * 1000)):08d}.jpg"
         Image.fromarray(rgb).save(dest, quality=92)
         out.append(dest)
     return out
