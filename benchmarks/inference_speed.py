@@ -12,8 +12,8 @@ Run `scripts/main.sh` first (it writes runs/main). Prints four tables:
    + model, flip TTA on), PyTorch vs ONNX Runtime int8.
 4. `analyze` end to end (decode + detect + attributes + embedding) on face-mask-detection
    scenes (the detector's image-hash test split) and on UTKFace photos, against the
-   face_recognition recipe (dlib HOG detector + 68 landmarks + dlib ResNet embedding), with
-   detection recall at IoU 0.5 on the scenes and per-stage seconds.
+   face_recognition recipe (dlib HOG detector + landmarks + dlib ResNet embedding, one
+   forward per face), with detection recall at IoU 0.5 on the scenes and per-stage seconds.
 """
 
 from __future__ import annotations
@@ -141,13 +141,13 @@ def analyze_speed(run_dir: Path, scenes: list[str], gt: dict, faces: list[str]) 
     from facelab.detect.evaluate import match
     from facelab.embed.base import get_embedder
 
-    embedder = get_embedder("dlib-resnet")
+    # face_recognition's face_encodings: 68/5-point chip, one forward, no flip, no jitter
+    plain = get_embedder("dlib-resnet", flip=False)
+    attrs = AttributeRun.load(run_dir, backend="onnx-int8")
     pipelines = {
-        "facelab analyze (mtcnn + attributes int8 + dlib embedding)":
-            FaceAnalyzer("mtcnn", attributes=AttributeRun.load(run_dir, backend="onnx-int8"),
-                         embedder=embedder),
-        "face_recognition recipe (HOG + 68 landmarks + dlib embedding)":
-            FaceAnalyzer("dlib-hog", embedder=embedder),
+        "facelab: mtcnn + attributes (int8) + dlib embedding": FaceAnalyzer("mtcnn", attrs, plain),
+        "facelab: mtcnn + attributes (int8), no embedding": FaceAnalyzer("mtcnn", attrs),
+        "face_recognition recipe: HOG + landmarks + dlib embedding": FaceAnalyzer("dlib-hog", None, plain),
     }
     rows = []
     for name, fa in pipelines.items():
