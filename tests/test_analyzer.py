@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from facelab.data.labels import TASKS
@@ -201,3 +202,30 @@ def test_detection_on_a_huge_photo_runs_downscaled_and_maps_boxes_back():
     assert np.allclose(face.box, [100 * scale, 100 * scale, 300 * scale, 300 * scale])
     assert np.allclose(face.landmarks[0], [150 * scale, 150 * scale])
     assert Fixed("fixed").detect(np.zeros((50, 40, 3), np.uint8))[0].box == (100.0, 100.0, 300.0, 300.0)
+
+
+def test_mtcnn_nets_export_to_onnx_with_parity(tmp_path):
+    from facelab.detect.base import get_detector
+    from facelab.detect.onnx_export import export_mtcnn, parity
+
+    det = get_detector("mtcnn")
+    paths = export_mtcnn(det, tmp_path / "mtcnn")
+    gaps = parity(det, paths)
+    assert set(gaps) == {"pnet", "rnet", "onet"} and max(gaps.values()) < 1e-4, gaps
+
+
+def test_mobilefacenet_exports_to_onnx_with_parity(tmp_path):
+    import onnxruntime as ort
+
+    from facelab.embed.mobilefacenet import MobileFaceNet, MobileFaceNetEmbedder
+
+    net = MobileFaceNet(64, 0.25).eval()
+    torch.save({"model": net.state_dict(), "config": {"dim": 64, "width": 0.25}, "epoch": 1},
+               tmp_path / "mfn.pt")
+    emb = MobileFaceNetEmbedder(tmp_path / "mfn.pt")
+    path = emb.export_onnx(tmp_path / "mfn.onnx")
+    x = np.random.default_rng(0).uniform(0, 1, (3, 3, 112, 112)).astype(np.float32)
+    with torch.inference_mode():
+        ref = emb.model(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"faces": x})[0]
+    assert np.abs(ref - got).max() < 1e-4

@@ -65,30 +65,66 @@ def analyze_cmd(
 
 @app.command("export")
 def export_cmd(
-    run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn' or "
+                                 "'mtcnn-mask' (detector nets); or a MobileFaceNet .pt checkpoint."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default <run>/model.onnx)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (<run>/model.int8.onnx) "
-                              "calibrated on training-split crops."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file or folder (default: "
+                                       "<run>/model.onnx, ./<detector>-onnx/, <checkpoint>.onnx)."),
+    int8: bool = typer.Option(False, "--int8", help="Attribute runs: also write an int8 model "
+                              "(<run>/model.int8.onnx) calibrated on training-split crops."),
     calib_images: int = typer.Option(512, help="Training crops used to calibrate int8 ranges."),
+    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask: its fine-tuned weights file."),
 ) -> None:
-    """Export a trained attribute run to ONNX (fp32, and int8 with --int8).
+    """Export a trained model to ONNX and check it against PyTorch.
 
-    The graph takes uint8 face crops (B, S, S, 3) and returns per-task probabilities; use it
-    with `--backend onnx` in predict / analyze, or in any ONNX Runtime.
+    Attribute runs: the graph takes uint8 face crops (B, S, S, 3) and returns per-task
+    probabilities; use it with `--backend onnx` in predict / analyze, or in any ONNX Runtime.
 
     Examples:
 
         facelab export runs/mt --format onnx
 
         facelab export runs/mt --format onnx --int8
+
+        facelab export mtcnn -o onnx/mtcnn
+
+        facelab export runs/mfn/best.pt -o mfn.onnx
     """
     from facelab.errors import ConfigError
-    from facelab.predict.export import export_onnx, quantize_int8
-    from facelab.predict.run import AttributeRun
 
     if format != "onnx":
         raise ConfigError(f"export format {format!r} unknown; use onnx")
+    if target in ("mtcnn", "mtcnn-mask"):
+        from facelab.detect.base import get_detector
+        from facelab.detect.onnx_export import export_mtcnn, parity
+
+        det = get_detector(target, **({"weights": str(weights)} if weights else {}))
+        paths = export_mtcnn(det, out or Path(f"{target}-onnx"))
+        gaps = parity(det, paths)
+        for key, path in paths.items():
+            typer.echo(f"{key}: {path} (max |PyTorch - ONNX Runtime| {gaps[key]:.2e})")
+        return
+    path = Path(target)
+    if path.is_file() and _is_mobilefacenet(path):
+        from facelab.embed.mobilefacenet import MobileFaceNetEmbedder
+
+        dest = MobileFaceNetEmbedder(path).export_onnx(out or path.with_suffix(".onnx"))
+        typer.echo(f"MobileFaceNet ONNX model: {dest}")
+        return
+    _export_run(path, out, int8, calib_images)
+
+
+def _is_mobilefacenet(path: Path) -> bool:
+    from facelab.io.torchfile import load_torch_file
+
+    ck = load_torch_file(path)
+    return isinstance(ck, dict) and "dim" in (ck.get("config") or {})
+
+
+def _export_run(run: Path, out: Optional[Path], int8: bool, calib_images: int) -> None:
+    from facelab.predict.export import export_onnx, quantize_int8
+    from facelab.predict.run import AttributeRun
+
     attr = AttributeRun.load(run)
     path = export_onnx(attr, out)
     typer.echo(f"ONNX model: {path}")
