@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,8 @@ from facelab.data.labels import TASK_CLASSES  # noqa: E402
 from facelab.evaluate.metrics import task_metrics  # noqa: E402
 from facelab.paths import data_root  # noqa: E402
 from facelab.predict.ensemble import soft_vote  # noqa: E402
-from facelab.predict.inference import predict_pixels  # noqa: E402
 from facelab.predict.probs import frame_to_probs  # noqa: E402
-from facelab.train.checkpoint import load_model  # noqa: E402
+from facelab.predict.run import AttributeRun  # noqa: E402
 from facelab.train.config import load_config  # noqa: E402
 from facelab.train.kfold import fit_kfold  # noqa: E402
 from facelab.train.trainer import prepare_for  # noqa: E402
@@ -82,8 +80,8 @@ def fold_test_probs(run: Path, folds: int, data, idx: np.ndarray, tta: bool) -> 
         return [frame_to_probs(p) for p in parts]
     out = []
     for k in range(folds):
-        model, cfg, _ = load_model(run / f"fold_{k}")
-        out.append(predict_pixels(model, data.cache.pixels, idx, tta=tta, channels_last=cfg.channels_last))
+        fold = AttributeRun.load(run / f"fold_{k}", tta=tta, calibrated=False)
+        out.append(fold.predict_pixels(data.cache.pixels, idx))
     return out
 
 
@@ -119,7 +117,6 @@ def main() -> int:
         cfg = load_config(ROOT / "configs" / "multitask.yaml", base + over)
         cfg.data.sources = cfg0.data.sources
         run = out / slug(name)
-        t0 = time.perf_counter()
         fit_kfold(cfg, run, folds=args.folds, resume=True, data=dataclasses.replace(data))
         walls = [json.loads((run / f"fold_{k}" / "done.json").read_text()).get("wall_s", np.nan)
                  for k in range(args.folds)]

@@ -39,8 +39,7 @@ from sklearn.metrics import f1_score  # noqa: E402
 from facelab.data.labels import MISSING, TASK_CLASSES, TASKS  # noqa: E402
 from facelab.evaluate.compare import compare_probs  # noqa: E402
 from facelab.paths import missing_data  # noqa: E402
-from facelab.predict.inference import predict_pixels  # noqa: E402
-from facelab.train.checkpoint import load_model  # noqa: E402
+from facelab.predict.run import AttributeRun  # noqa: E402
 from facelab.train.config import load_config  # noqa: E402
 from facelab.train.trainer import fit, prepare_for  # noqa: E402
 
@@ -94,8 +93,8 @@ def main() -> int:
         out = Path(args.out) / task
         t0 = time.perf_counter()
         result = fit(cfg, out, resume=True, data=single_task_data(data, task))
-        model, _, _ = load_model(out / "last.pt")  # the plain script keeps its last epoch
-        plain = predict_pixels(model, data.cache.pixels, test, tta=False)
+        last = AttributeRun.load(out / "last.pt", tta=False, calibrated=False)  # the plain script keeps its last epoch
+        plain = last.predict_pixels(data.cache.pixels, test)
         y = {t: (data.targets[t][test] if t == task else np.full(len(test), MISSING)) for t in TASKS}
         multi = {t: np.eye(TASK_CLASSES[t])[np.clip(mt[f"pred_{t}"].to_numpy(), 0, None)] for t in TASKS}
         paired = compare_probs(y, plain, multi, persons, n=args.n).set_index("task").loc[task]

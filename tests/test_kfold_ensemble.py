@@ -127,13 +127,12 @@ def test_soft_vote_is_the_mean_of_fold_probabilities_and_hard_vote_a_majority(kf
     from facelab.evaluate.ensemble import evaluate_ensemble
     from facelab.evaluate.metrics import all_metrics
     from facelab.predict.ensemble import ensemble_pixels
-    from facelab.predict.inference import predict_pixels
-    from facelab.train.checkpoint import load_model
+    from facelab.predict.run import AttributeRun
 
     idx = data.indices("test")
     folds = expand_runs([kf["out"]])
     assert [p.name for p in folds] == [f"fold_{k}" for k in range(FOLDS)]
-    single = [predict_pixels(load_model(p)[0], data.cache.pixels, idx) for p in folds]
+    single = [AttributeRun.load(p, tta=False).predict_pixels(data.cache.pixels, idx) for p in folds]
     soft = ensemble_pixels([kf["out"]], data, idx, "soft", tta=False)
     for t in TASKS:
         assert np.allclose(soft[t], np.mean([s[t] for s in single], 0), atol=1e-6)

@@ -304,7 +304,7 @@ def tiny_data(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(SWITCHES))
 def test_tiny_run_with_each_switch_completes(name, tiny_data, tmp_path):
-    from facelab.train.checkpoint import load_model
+    from facelab.predict.run import AttributeRun
 
     torch.set_num_threads(1)
     cfg_path, data = tiny_data
@@ -321,7 +321,7 @@ def test_tiny_run_with_each_switch_completes(name, tiny_data, tmp_path):
         cal = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["calibration"]
         assert set(cal) == {"mask", "gender", "age"} and (tmp_path / "run" / "calibration.json").is_file()
         assert all("validation" in v["reason"] for v in cal.values())
-    model, _, _ = load_model(tmp_path / "run")  # evaluate/predict load it like any run
+    model = AttributeRun.load(tmp_path / "run").model  # evaluate/predict load it like any run
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         out = model(x)

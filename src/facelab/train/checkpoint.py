@@ -32,19 +32,3 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"format": FORMAT, **payload}, tmp)
     os.replace(tmp, path)
-
-
-def load_model(path: str | Path):
-    """(model, config, checkpoint) from a checkpoint file or run folder, ready for inference;
-    the training-side view of facelab.predict.run.AttributeRun (a full TrainConfig).
-
-    Example:
-        >>> model, cfg, ckpt = load_model("runs/mt")  # doctest: +SKIP
-    """
-    from facelab.config import build_dataclass
-    from facelab.predict.run import AttributeRun
-    from facelab.train.config import TrainConfig
-
-    run = AttributeRun.load(path)
-    cfg = build_dataclass(TrainConfig, run.config, str(run.path))
-    return run.model, cfg, run.checkpoint

@@ -126,8 +126,7 @@ def fit_kfold(
         >>> res.oof_metrics["mask"]["macro_f1"]  # doctest: +SKIP
     """
     from facelab.predict.ensemble import soft_vote
-    from facelab.predict.inference import predict_pixels
-    from facelab.train.checkpoint import load_model
+    from facelab.predict.run import AttributeRun
     from facelab.train.trainer import fit, prepare_for
 
     out = Path(out_dir)
@@ -196,18 +195,14 @@ def fit_kfold(
     parts, test_parts, test_probs = [], [], []
     test_idx = data.indices("test")
     for k in range(folds):
-        model, fcfg, _ = load_model(out / f"fold_{k}")
+        fold = AttributeRun.load(out / f"fold_{k}", tta=cfg.tta, calibrated=False)  # oof stays raw
         rows = np.flatnonzero((fold_of == k) & data.cache.ok)
-        probs = predict_pixels(
-            model, data.cache.pixels, rows, tta=cfg.tta, channels_last=fcfg.channels_last
-        )
+        probs = fold.predict_pixels(data.cache.pixels, rows)
         parts.append(
             pd.concat([row_frame(data, rows).assign(fold=k), probs_to_frame(probs)], axis=1)
         )
         if len(test_idx):
-            p = predict_pixels(
-                model, data.cache.pixels, test_idx, tta=cfg.tta, channels_last=fcfg.channels_last
-            )
+            p = fold.predict_pixels(data.cache.pixels, test_idx)
             test_probs.append(p)
             test_parts.append(
                 pd.concat([row_frame(data, test_idx).assign(fold=k), probs_to_frame(p)], axis=1)

@@ -181,7 +181,7 @@ class Trainer:
     def _calibrate(self, best_probs: dict | None) -> None:
         """Tune decision biases on the validation split for best.pt and store them in it."""
         from facelab.predict.calibrate import calibrate
-        from facelab.train.checkpoint import load_model
+        from facelab.predict.run import AttributeRun
 
         idx, path = self.data.indices("val"), self.out / "best.pt"
         if not len(idx) or not path.is_file():
@@ -191,9 +191,8 @@ class Trainer:
         if best_probs is None:  # resumed after training ended: predict again
             if "calibration" in ckpt:
                 return
-            model, _, _ = load_model(path)
-            best_probs = predict_pixels(model, self.data.cache.pixels, idx, tta=self.cfg.tta,
-                                        channels_last=self.cfg.channels_last)
+            best = AttributeRun.load(path, tta=self.cfg.tta, calibrated=False)
+            best_probs = best.predict_pixels(self.data.cache.pixels, idx)
         cal = calibrate(best_probs, {t: self.data.targets[t][idx] for t in TASKS},
                         self.data.table["person"].to_numpy()[idx])
         ckpt.pop("path", None)
