@@ -134,7 +134,8 @@ def test_analyze_cli_images_video_bad_files_resume(tiny_run, photos, tmp_path):
     assert (df["source"].str.endswith("clip.mp4")).sum() == 3  # 1.5 s at 4 fps, every 0.5 s
     errors = pd.read_csv(tmp_path / "faces.csv.errors.csv")
     assert sorted(errors["source"].map(lambda s: Path(s).name)) == ["broken.jpg", "empty.mp4"]
-    assert list((tmp_path / "ann").rglob("*.mp4")) and len(list((tmp_path / "ann").rglob("*.jpg"))) == 3
+    assert (tmp_path / "ann" / "clip.mp4.mp4").is_file() and (tmp_path / "ann" / "p0.png.jpg").is_file()
+    assert len(list((tmp_path / "ann").rglob("*.jpg"))) == 3
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "4 already done" in again.stdout
     assert len(pd.read_csv(tmp_path / "faces.csv")) == len(df)  # nothing duplicated

@@ -29,15 +29,18 @@ BASE_COLUMNS = ["source", "frame_time", "faces", "face", "x1", "y1", "x2", "y2",
 ID_COLUMNS = ["identity", "nearest", "distance"]
 
 
-def list_inputs(paths: list[str | Path]) -> list[Path]:
-    """Image and video files named or found (recursively, sorted) under the given paths."""
+def list_inputs(paths: list[str | Path]) -> list[tuple[Path, str]]:
+    """(file, short name) of the image and video files named or found (recursively, sorted)
+    under the given paths; the short name (relative to the folder given, or the file name)
+    names annotated outputs."""
     known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-    out: list[Path] = []
+    out: list[tuple[Path, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in known))
+            out.extend((f, f.relative_to(p).as_posix()) for f in sorted(p.rglob("*"))
+                       if f.is_file() and f.suffix.lower() in known)
         elif p.exists():
-            out.append(p)
+            out.append((p, p.name))
         else:
             raise DataFormatError(f"{p}: no such file or folder; check the path")
     if not out:
@@ -49,7 +52,8 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def frames_of(path: Path, every: float, max_frames: int | None) -> Iterator[tuple[float | None, np.ndarray]]:
+def frames_of(path: Path, every: float, max_frames: int | None
+              ) -> Iterator[tuple[float | None, np.ndarray]]:
     """(time, RGB frame) pairs: sampled frames of a video, or the image itself (time None)."""
     if not is_video(path):
         yield None, load_image(path)
@@ -119,7 +123,8 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
     """Analyze every input into `out` (.csv or .jsonl); see the module doc.
 
     Example:
-        >>> analyze_paths(FaceAnalyzer("mtcnn", "runs/mt"), ["photos/"], "faces.csv")  # doctest: +SKIP
+        >>> fa = FaceAnalyzer("mtcnn", "runs/mt")                      # doctest: +SKIP
+        >>> analyze_paths(fa, ["photos/"], "faces.csv")                 # doctest: +SKIP
     """
     out = Path(out)
     inputs = list_inputs(paths)
@@ -134,13 +139,13 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
     summary = AnalyzeSummary()
     writer = RecordWriter(out, columns)
     try:
-        for n, path in enumerate(inputs, 1):
+        for n, (path, short) in enumerate(inputs, 1):
             key = str(path)
             if key in done:
                 summary.skipped += 1
             else:
                 try:
-                    rows = _analyze_one(analyzer, path, every, max_frames, annotate,
+                    rows = _analyze_one(analyzer, path, short, every, max_frames, annotate,
                                         with_embedding, summary)
                 except FacelabError as exc:
                     summary.failed[key] = str(exc)
@@ -161,7 +166,8 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
     return summary
 
 
-def _analyze_one(analyzer: FaceAnalyzer, path: Path, every: float, max_frames: int | None,
+def _analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
+                 max_frames: int | None,
                  annotate: str | Path | None, with_embedding: bool,
                  summary: AnalyzeSummary) -> list[dict]:
     rows: list[dict] = []
@@ -173,14 +179,14 @@ def _analyze_one(analyzer: FaceAnalyzer, path: Path, every: float, max_frames: i
             summary.faces += len(faces)
             base = {"source": str(path), "frame_time": "" if t is None else round(t, 3),
                     "faces": len(faces)}
-            rows.extend([{**base, "face": i, **f.to_dict(with_embedding)} for i, f in enumerate(faces)]
-                        or [{**base, "face": ""}])
+            records = [{**base, "face": i, **f.to_dict(with_embedding)} for i, f in enumerate(faces)]
+            rows.extend(records or [{**base, "face": ""}])
             if annotate is not None:
                 drawn = draw_faces(frame, faces)
                 if t is None:
-                    save_annotated(drawn, path, Path(annotate))
+                    save_annotated(drawn, short, Path(annotate))
                 else:
-                    video_writer = video_writer or AnnotatedVideo(path, Path(annotate), every)
+                    video_writer = video_writer or AnnotatedVideo(short, Path(annotate), every)
                     video_writer.add(drawn)
     finally:
         if video_writer is not None:
@@ -215,7 +221,7 @@ def draw_faces(image: np.ndarray, faces: list[AnalyzedFace]) -> np.ndarray:
     return np.asarray(img)
 
 
-def save_annotated(image: np.ndarray, source: Path, folder: Path) -> Path:
+def save_annotated(image: np.ndarray, source: str, folder: Path) -> Path:
     """Write an annotated image under `folder`, named after its source (never outside it)."""
     from PIL import Image
 
@@ -230,7 +236,7 @@ def save_annotated(image: np.ndarray, source: Path, folder: Path) -> Path:
 class AnnotatedVideo:
     """An MP4 of annotated sampled frames (PyAV), at 1/`every` frames per second."""
 
-    def __init__(self, source: Path, folder: Path, every: float) -> None:
+    def __init__(self, source: str, folder: Path, every: float) -> None:
         from facelab.io.outpaths import derived_path
 
         self.path = derived_path(folder, source, suffix=".mp4")
