@@ -179,7 +179,8 @@ def _analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
             summary.faces += len(faces)
             base = {"source": str(path), "frame_time": "" if t is None else round(t, 3),
                     "faces": len(faces)}
-            records = [{**base, "face": i, **f.to_dict(with_embedding)} for i, f in enumerate(faces)]
+            records = [{**base, "face": i, **f.to_dict(with_embedding)}
+                       for i, f in enumerate(faces)]
             rows.extend(records or [{**base, "face": ""}])
             if annotate is not None:
                 drawn = draw_faces(frame, faces)
