@@ -265,7 +265,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     def multipart(request: Request) -> None:
         ct = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ct != "multipart/form-data":
+        if ct not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             raise HTTPException(415, f"send multipart/form-data (got {ct or 'no content type'!r})")
 
     async def blocking(fn, *args):
@@ -337,8 +337,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         return await blocking(service.analyze, arr, identify)
 
     @app.post("/v1/verify", response_model=S.VerifyOut, tags=["faces"], dependencies=upload, responses=ERRORS)
-    async def verify(key: ApiKey = read,
-                     image_a: Annotated[UploadFile, File(description="the probe photo")] = ...,  # type: ignore[assignment]
+    async def verify(image_a: Annotated[UploadFile, File(description="the probe photo")],
+                     key: ApiKey = read,
                      image_b: Annotated[UploadFile | None, File(description="a second photo, or ...")] = None,
                      identity: Annotated[str | None, Form(description="... an enrolled identity")] = None,
                      face: Annotated[str | None, Form(description="largest | central | <index> when a photo shows several faces")] = None):
@@ -366,9 +366,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     @app.post("/v1/identities", response_model=S.EnrollOut, status_code=201, tags=["identities"],
               dependencies=upload, responses=ERRORS)
-    async def enroll(request: Request, key: ApiKey = write,
-                     name: Annotated[str, Form(min_length=1, max_length=200)] = ...,  # type: ignore[assignment]
-                     images: Annotated[list[UploadFile], File(description="photos showing this person")] = ...,  # type: ignore[assignment]
+    async def enroll(request: Request,
+                     name: Annotated[str, Form(min_length=1, max_length=200)],
+                     images: Annotated[list[UploadFile], File(description="photos showing this person")],
+                     key: ApiKey = write,
                      face: Annotated[str | None, Form(description="largest | central | <index> for group photos")] = None):
         """Enroll photos under a name: all of them or none (each must show one face)."""
         uploads = [(await read_upload(u, f"image {i}"), u.filename) for i, u in enumerate(images, 1)]
