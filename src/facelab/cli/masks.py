@@ -4,6 +4,7 @@ facelab.masks.competition)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,15 +13,15 @@ from facelab.cli import app
 
 @app.command("make-competition")
 def make_competition_cmd(
-    labels: Path = typer.Argument(..., help="Labels CSV with image, age, gender (race) columns."),
-    out: Path = typer.Option(Path("data/competition"), "--out", "-o", help="Layout root folder."),
-    limit: int = typer.Option(0, "--limit", "-n", help="Use only the first N people (0: all)."),
-    seed: int = typer.Option(0, "--seed", help="Render and split seed (rerun with it to resume)."),
-    eval_fraction: float = typer.Option(0.2, "--eval-fraction", help="Share of people in eval/."),
-    image_root: Path | None = typer.Option(
-        None, "--image-root", help="Folder image paths start from (default: the CSV's folder)."
-    ),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    labels: Annotated[Path, typer.Argument(help="Labels CSV: image, age, gender (race) columns.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Layout root folder.")] = Path(
+        "data/competition"),
+    limit: Annotated[int, typer.Option("--limit", "-n", help="First N people only (0: all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Render and split seed (rerun with it to resume).")] = 0,
+    eval_fraction: Annotated[float, typer.Option(help="Share of people in eval/.")] = 0.2,
+    image_root: Annotated[Path | None, typer.Option(
+        help="Folder image paths start from (default: the CSV's folder).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Build train/ (mask1..5, incorrect_mask, normal per person) and eval/ from a face set.
 
