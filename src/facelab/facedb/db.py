@@ -34,7 +34,7 @@ import numpy as np
 
 from facelab.detect.select import CHOICES
 from facelab.errors import ConfigError, DataFormatError, ImageDecodeError
-from facelab.facedb.index import IndexConfig, VectorIndex, ids_checksum
+from facelab.facedb.index import IndexConfig, PgVectorIndex, VectorIndex, ids_checksum
 from facelab.facedb.store import (
     DatabaseError,
     FaceRecord,
@@ -220,7 +220,7 @@ class FaceDB:
         self.config = FaceDBConfig.from_json(rows[0][0])
         self.files = self.path.parent / (self.path.stem + ".files")
         self._pipeline = None
-        self._index: VectorIndex | None = None
+        self._index: VectorIndex | PgVectorIndex | None = None
         self._dirty = False
         self._lock_depth = 0
 
@@ -330,8 +330,16 @@ class FaceDB:
         return self.path.parent / f"{self.path.stem}.{name}-{version}.faiss"
 
     @property
-    def index(self) -> VectorIndex:
-        """The vector index, loaded from disk when current, else rebuilt from the store."""
+    def in_sql(self) -> bool:
+        """True when search runs in the database (PostgreSQL with pgvector), not in FAISS."""
+        return bool(getattr(self.store, "pgvector", False))
+
+    @property
+    def index(self) -> VectorIndex | PgVectorIndex:
+        """The vector index: pgvector's (in SQL), else the FAISS one, loaded from disk when
+        current, else rebuilt from the store."""
+        if self._index is None and self.in_sql:
+            self._index = self._build_from_store()
         if self._index is None:
             want = store_checksum(self.store, *self.model_key)
             p = self.index_path
@@ -347,15 +355,18 @@ class FaceDB:
             self.rebuild_index()
         return self._index  # type: ignore[return-value]
 
-    def _build_from_store(self) -> VectorIndex:
-        ids, vecs = self.store.embeddings(*self.model_key)
+    def _build_from_store(self) -> VectorIndex | PgVectorIndex:
         emb = self.pipeline.embedder
+        if self.in_sql:
+            return PgVectorIndex(self.store, *self.model_key, emb.dim, emb.metric, self.config.index)
+        ids, vecs = self.store.embeddings(*self.model_key)
         idx = VectorIndex(emb.dim, emb.metric, self.config.index)
         idx.build(ids, vecs if len(ids) else np.zeros((0, emb.dim), np.float32))
         return idx
 
-    def rebuild_index(self) -> VectorIndex:
-        """Rebuild the FAISS index from stored embeddings and save it."""
+    def rebuild_index(self) -> VectorIndex | PgVectorIndex:
+        """Rebuild the FAISS index from stored embeddings and save it (pgvector: make sure the
+        database's index exists with the configured settings)."""
         self._index = self._build_from_store()
         self._dirty = True
         self.flush()
@@ -368,6 +379,8 @@ class FaceDB:
         another process added or erased faces since it was loaded, it is rebuilt from the
         database, so an erased person's vectors are never written back.
         """
+        if self._index is not None and self._index.shared:
+            self._dirty = False  # the database is the index: nothing to save
         if self._index is not None and self._dirty:
             with self.file_lock():
                 if ids_checksum(self._index.ids) != store_checksum(self.store, *self.model_key):
@@ -566,13 +579,8 @@ class FaceDB:
         return int(ids[best]) if ham[best] <= self.config.phash_distance else None
 
     def _embedding_duplicate(self, identity: str, vec: np.ndarray) -> bool:
-        from facelab.embed.base import pairwise_distance
-
-        known = self.store.identity_embeddings(identity, *self.model_key)
-        if not len(known):
-            return False
-        d = pairwise_distance(known, np.broadcast_to(vec, known.shape), self.pipeline.embedder.metric)
-        return bool(d.min() < self.config.embedding_distance)
+        d = self.store.identity_distance(identity, *self.model_key, vec, self.pipeline.embedder.metric)
+        return d is not None and d < self.config.embedding_distance
 
     def _copy_image(self, path: Path, data: bytes, sha: str) -> str:
         dest = self.files / "images" / sha[:2] / f"{sha}{path.suffix.lower() or '.img'}"
@@ -692,10 +700,10 @@ class FaceDB:
         va = self.embed_query(a, face)
         metric = self.pipeline.embedder.metric
         if isinstance(b, str) and self.store.identity_id(b) is not None:
-            known = self.store.identity_embeddings(b, *self.model_key)
-            if not len(known):
+            nearest = self.store.identity_distance(b, *self.model_key, va, metric)  # in SQL on pgvector
+            if nearest is None:
                 raise DataFormatError(f"identity {b!r} has no embeddings for this model; re-enroll it")
-            d = float(pairwise_distance(known, np.broadcast_to(va, known.shape), metric).min())
+            d = nearest
         else:
             d = float(pairwise_distance(va[None], self.embed_query(b, face)[None], metric)[0])
         return {"distance": d, "threshold": self.threshold, "same": d <= self.threshold}
@@ -807,8 +815,9 @@ class FaceDB:
 
     def stats(self) -> dict[str, Any]:
         s = self.store.stats()
-        s["index"] = {"kind": self.config.index.kind, "vectors": self.index.ntotal,
-                      "path": str(self.index_path)}
+        idx = self.index
+        s["index"] = {"kind": self.config.index.kind, "vectors": idx.ntotal,
+                      "path": idx.location if idx.shared else str(self.index_path)}
         s["threshold"] = self.threshold
         s["embedder"] = "{}:{}".format(*self.model_key)
         s["detector"] = self.config.detector

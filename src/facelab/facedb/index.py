@@ -1,4 +1,5 @@
-"""FAISS vector index over stored embeddings: exact ("flat") or approximate ("hnsw", "ivf").
+"""FAISS vector index over stored embeddings: exact ("flat") or approximate ("hnsw", "ivf"),
+and :class:`PgVectorIndex`, the same interface answered by PostgreSQL with pgvector.
 
 Vectors are keyed by their embedding row id, so search results map straight back to the
 database. The index is a cache: it is saved beside the database (``<db>.<model>.faiss`` plus a
@@ -57,6 +58,8 @@ class VectorIndex:
         >>> idx.search(np.eye(4, dtype=np.float32)[:1], k=1)[1].tolist()
         [[7]]
     """
+
+    shared = False  # lives in this process (saved to local files), not in the database
 
     def __init__(self, dim: int, metric: str = "l2", config: IndexConfig | None = None) -> None:
         if metric not in ("l2", "cosine"):
@@ -172,6 +175,57 @@ class VectorIndex:
         if idx.config.kind == "hnsw":
             faiss.downcast_index(idx.index.index).hnsw.efSearch = idx.config.ef_search
         return idx, meta
+
+
+class PgVectorIndex:
+    """The index inside PostgreSQL (pgvector): the same search interface as
+    :class:`VectorIndex`, answered in SQL, so it is never stale and never saved locally.
+
+    ``config.kind`` "hnsw" / "ivf" build that pgvector index for the model (``hnsw_m``,
+    ``ef_construction``, ``nlist``; ``ef_search`` / ``nprobe`` apply at query time); "flat"
+    searches exactly (sequential scan). Rows added or deleted through the store are in the
+    index as soon as their transaction commits, for every process on the database.
+    """
+
+    shared = True
+
+    def __init__(self, store, model: str, version: str, dim: int, metric: str = "l2",
+                 config: IndexConfig | None = None) -> None:
+        if metric not in ("l2", "cosine"):
+            raise ConfigError(f"unknown metric {metric!r}; use 'l2' or 'cosine'")
+        self.store, self.model, self.version = store, model, version
+        self.dim, self.metric = int(dim), metric
+        self.config = config or IndexConfig()
+        c = self.config
+        self.name = store.ensure_vector_index(model, version, self.dim, metric, c.kind, m=c.hnsw_m,
+                                              ef_construction=c.ef_construction, nlist=c.nlist)
+
+    @property
+    def location(self) -> str:
+        return f"postgresql index {self.name}" if self.name else "postgresql (exact scan)"
+
+    @property
+    def ntotal(self) -> int:
+        return self.store.vector_count(self.model, self.version)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every stored id of the model (read from the database: always current)."""
+        return self.store.vector_ids(self.model, self.version)
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Nothing to do: PostgreSQL indexes the rows the store wrote."""
+
+    def remove(self, ids: list[int] | np.ndarray) -> bool:
+        """Nothing to do: deleting the rows removed them from the index."""
+        return True
+
+    def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (Q, k), ids (Q, k)) as :meth:`VectorIndex.search`."""
+        c = self.config
+        return self.store.vector_search(
+            self.model, self.version, self.dim, self.metric, queries, int(k),
+            ef_search=c.ef_search if c.kind == "hnsw" else 0, probes=c.nprobe if c.kind == "ivf" else 0)
 
 
 CHECKSUM_MOD = 1_000_000_007

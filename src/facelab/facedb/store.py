@@ -75,6 +75,10 @@ class FaceStore(ABC):
     """
 
     backend = "abstract"
+    # where vectors live: the column read and written, and the placeholder that writes it
+    # (PostgreSQL with pgvector: a ``vector`` column written through ``?::vector``)
+    vector_column = "vector"
+    vector_param = "?"
 
     # -- primitives every backend provides ------------------------------------------------
     @abstractmethod
@@ -128,10 +132,10 @@ class FaceStore(ABC):
             return int(rows[0][0])
         if not create:
             return None
-        rows = self.execute(
-            "INSERT INTO identities (name, created_at) VALUES (?, ?) RETURNING id", (name, now())
-        )
-        return int(rows[0][0])
+        # a concurrent writer may create the same name: keep theirs (no unique-violation abort)
+        self.execute("INSERT INTO identities (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                     (name, now()))
+        return int(self.execute("SELECT id FROM identities WHERE name = ?", (name,))[0][0])
 
     def image_by_hash(self, sha256: str) -> int | None:
         rows = self.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,))
@@ -175,8 +179,8 @@ class FaceStore(ABC):
             model, _, version = model_key.partition(":")
             vec = np.asarray(vec, np.float32).ravel()
             rows = self.execute(
-                "INSERT INTO embeddings (face_id, model, version, dim, vector) VALUES (?, ?, ?, ?, ?)"
-                " RETURNING id",
+                f"INSERT INTO embeddings (face_id, model, version, dim, {self.vector_column})"
+                f" VALUES (?, ?, ?, ?, {self.vector_param}) RETURNING id",
                 (face_id, model, version, int(vec.size), self.encode_vector(vec)),
             )
             emb_ids.append(int(rows[0][0]))
@@ -186,7 +190,7 @@ class FaceStore(ABC):
     def embeddings(self, model: str, version: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 (N,), vectors float32 (N, dim)) of one model, ordered by id."""
         rows = self.execute(
-            "SELECT id, dim, vector FROM embeddings WHERE model = ? AND version = ? ORDER BY id",
+            f"SELECT id, dim, {self.vector_column} FROM embeddings WHERE model = ? AND version = ? ORDER BY id",
             (model, version),
         )
         if not rows:
@@ -214,7 +218,7 @@ class FaceStore(ABC):
     def identity_embeddings(self, name: str, model: str, version: str) -> np.ndarray:
         """All vectors of one identity under one model, (N, dim)."""
         rows = self.execute(
-            "SELECT e.dim, e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id"
+            f"SELECT e.dim, e.{self.vector_column} FROM embeddings e JOIN faces f ON f.id = e.face_id"
             " JOIN identities i ON i.id = f.identity_id WHERE i.name = ? AND e.model = ?"
             " AND e.version = ?",
             (name, model, version),
@@ -222,6 +226,20 @@ class FaceStore(ABC):
         if not rows:
             return np.zeros((0, 0), np.float32)
         return np.stack([self.decode_vector(r[1], int(r[0])) for r in rows])
+
+    def identity_distance(self, name: str, model: str, version: str, vec: np.ndarray,
+                          metric: str) -> float | None:
+        """Smallest distance from ``vec`` to one identity's stored vectors (None: it has none).
+
+        Computed here from :meth:`identity_embeddings`; PostgreSQL with pgvector does it in SQL.
+        """
+        from facelab.distance import pairwise_distance
+
+        known = self.identity_embeddings(name, model, version)
+        if not len(known):
+            return None
+        v = np.asarray(vec, np.float32).ravel()
+        return float(pairwise_distance(known, np.broadcast_to(v, known.shape), metric).min())
 
     # -- models / thresholds ---------------------------------------------------------------------
     def set_threshold(self, model: str, version: str, metric: str, threshold: float, on: str) -> None:
