@@ -32,8 +32,6 @@ def make_competition_cmd(
     Example:
 
       facelab make-competition ../shared/data/utkface/labels.csv --out comp --limit 200
-
-      facelab train --set "data.sources=[{kind: competition, path: comp}]" --out runs/comp
     """
     from facelab.masks.competition import build_competition
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from facelab.align.align import ARCFACE_TEMPLATE_112, estimate_similarity
+from facelab.align.align import estimate_similarity
 from facelab.errors import FacelabError
 
 #: Mean dlib 68-point shape in the ArcFace 112x112 frame: dlib's 68-point predictor on 396
 #: UTKFace faces (HOG detector, one face each), each shape similarity-aligned by its own
-#: 5 points (eye centres, nose tip 30, mouth corners 48/54) to ``ARCFACE_TEMPLATE_112``.
+#: 5 points (eye centres, nose tip 30, mouth corners 48/54) to the ArcFace 112 template.
 MEAN_SHAPE68 = np.array([
     [15.5, 55.1], [15.9, 65.7], [17.1, 76.1], [19.0, 86.5],
     [22.7, 96.3], [28.9, 104.6], [36.9, 111.3], [45.9, 116.4],
@@ -93,7 +93,7 @@ def to68(landmarks: Any) -> np.ndarray:
         return pts.copy()
     if np.linalg.norm(pts[1] - pts[0]) < 1e-6:
         raise LandmarksError("the two eye landmarks coincide; the 5 points are degenerate")
-    m = estimate_similarity(ARCFACE_TEMPLATE_112, pts)
+    m = estimate_similarity(five_of_68(MEAN_SHAPE68), pts)
     return MEAN_SHAPE68 @ m[:, :2].T + m[:, 2]
 
 

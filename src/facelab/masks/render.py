@@ -385,7 +385,7 @@ def _draw_scarf(cv: _Canvas, rng: np.random.Generator) -> None:
                         jaw_at(pts, 5) + d * s * lift, pts[8] + d * s * (lift + 0.05),
                         jaw_at(pts, 11) + d * s * lift,
                         jaw_at(pts, 13.5) + r * s * 0.25 + d * s * 0.25], 25)
-    bottom = np.stack([top[-1] + r * s * 0.6 + d * s * 1.8, top[0] - r * s * 0.6 + d * s * 1.8])
+    bottom = np.stack([top[-1] + r * s * 0.6 + d * s * 3.0, top[0] - r * s * 0.6 + d * s * 3.0])
     poly = np.vstack([top, bottom])
     box = cv.roi(poly, margin=0.1 * s + 3)
     if box is None:
