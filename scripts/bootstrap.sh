@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this checkout ready on a fresh machine: a venv with torch, facelab and the offline weights.
-# Idempotent: a second run only checks and returns. Usage: scripts/bootstrap.sh [--with-postgres]
+# Idempotent: a second run only checks and returns. Usage: scripts/bootstrap.sh [--with-postgres] [--with-browser]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${FACELAB_VENV:-.venv}
@@ -22,7 +22,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$HASH" ]; then
   echo "$HASH" > "$STAMP"
 fi
 
-if [ "${1:-}" = "--with-postgres" ]; then
+if [[ " $* " == *" --with-postgres "* ]]; then
   # PostgreSQL for the face-database scale backend tests (they skip with a reason when absent).
   # pgvector is tried separately: Debian bookworm's archive lacks postgresql-15-pgvector.
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
@@ -32,5 +32,13 @@ if [ "${1:-}" = "--with-postgres" ]; then
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-pgvector >/dev/null 2>&1 \
         || echo "bootstrap: pgvector package not available; vectors stay in BYTEA + FAISS"
     fi
+  fi
+fi
+
+if [[ " $* " == *" --with-browser "* ]] && ! command -v chromium >/dev/null; then
+  # Debian's Chromium for the web-page test (Playwright drives it; no browser is downloaded).
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "bootstrap: Chromium install failed; the web-page test will skip"
   fi
 fi
