@@ -31,8 +31,8 @@ from facelab.embed.mobilefacenet import (
     count_parameters,
     to_tensor,
 )
-from facelab.io.torchfile import load_torch_file
 from facelab.errors import ConfigError, DataFormatError
+from facelab.io.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
