@@ -11,6 +11,13 @@ template. Options on top of the plain recipe:
   (the detector's own 5 landmarks warped onto dlib's chip template, ``DLIB_CHIP_TEMPLATE``),
   or "eyes" (the two eye centres only: for masked faces, whose nose and mouth are hidden).
   Without detector landmarks, both fall back to "shape5".
+* ``net``: which implementation runs the network on the chips: "onnx" (default: the
+  PyTorch port of dlib's network, exported to ONNX and run by ONNX Runtime; ~10x dlib's
+  speed on CPU, cosine >= 0.9999 with dlib's vectors), "torch" (the port, eager
+  channels-last) or "dlib" (dlib's own C++ network). See ``facelab.embed.dlib_torch``.
+  The chips are the same for all three; the port gets all chips of a call (and their
+  mirrors) in one batch. The version string carries the backend (``-onnx`` / ``-torch``;
+  "dlib" keeps the historical string), so a face database never mixes their vectors.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import numpy as np
 
 from facelab.embed.base import register_embedder
 from facelab.embed.weights import dlib_model_path
+from facelab.errors import ConfigError
 from facelab.types import Face
 
 log = logging.getLogger(__name__)
 CHIP = 150
+NETS = ("onnx", "torch", "dlib")
 
 #: Where MTCNN-style 5 landmarks (eyes, nose tip, mouth corners) fall in a dlib 150px chip
 #: (padding 0.25): the mean over 146 UTKFace faces (dlib HOG + 5-point chip, then MTCNN run on
@@ -46,6 +55,9 @@ class DlibEmbedConfig:
         padding: chip padding around dlib's template (dlib default 0.25).
         occlude_below: None, or a row fraction in (0, 1): rows below are painted grey.
         grey: the fill value for occluded rows.
+        align: "shape5", "landmarks" or "eyes" (see the module docstring).
+        net: "onnx" (default), "torch" or "dlib": the network implementation.
+        batch: chips per forward of the "onnx" / "torch" port.
     """
 
     jitters: int = 0
@@ -54,6 +66,12 @@ class DlibEmbedConfig:
     occlude_below: float | None = None
     grey: int = 128
     align: str = "shape5"
+    net: str = "onnx"
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.net not in NETS:
+            raise ConfigError(f"dlib embedder net {self.net!r} unknown; choose one of {NETS}")
 
 
 class DlibResNetEmbedder:
@@ -82,7 +100,8 @@ class DlibResNetEmbedder:
         """Changes with every option that changes the vectors."""
         c = self.config
         occ = "none" if c.occlude_below is None else f"{c.occlude_below:.2f}"
-        return f"v1-j{c.jitters}-f{int(c.flip)}-p{c.padding:.2f}-occ{occ}-{c.align}"
+        net = "" if c.net == "dlib" else f"-{c.net}"
+        return f"v1-j{c.jitters}-f{int(c.flip)}-p{c.padding:.2f}-occ{occ}-{c.align}{net}"
 
     def prepare(self) -> DlibResNetEmbedder:
         """Load the shape predictor and the network (done on first use otherwise)."""
@@ -91,7 +110,16 @@ class DlibResNetEmbedder:
                 import dlib
 
                 self._shape = dlib.shape_predictor(str(dlib_model_path("shape5")))
-                self._net = dlib.face_recognition_model_v1(str(dlib_model_path("resnet")))
+                if self.config.net == "dlib":
+                    self._net = dlib.face_recognition_model_v1(str(dlib_model_path("resnet")))
+                elif self.config.net == "torch":
+                    from facelab.embed.dlib_torch import TorchDescriptor
+
+                    self._net = TorchDescriptor(batch=self.config.batch)
+                else:
+                    from facelab.embed.dlib_torch import OnnxDescriptor
+
+                    self._net = OnnxDescriptor(batch=self.config.batch)
         return self
 
     def chips(self, image: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
@@ -105,7 +133,7 @@ class DlibResNetEmbedder:
             if self.config.align != "shape5" and face.landmarks is not None:
                 chip = self._warp(img, np.asarray(face.landmarks, np.float64))
             else:
-                x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+                x1, y1, x2, y2 = (int(np.rint(v)) for v in face.box)
                 shape = self._shape(img, dlib.rectangle(x1, y1, x2, y2))
                 chip = np.asarray(dlib.get_face_chip(img, shape, size=CHIP, padding=self.config.padding))
             out.append(self._occlude(chip))
@@ -126,7 +154,7 @@ class DlibResNetEmbedder:
         if frac is None:
             return chip
         chip = chip.copy()
-        chip[int(round(frac * chip.shape[0])) :] = self.config.grey
+        chip[int(np.rint(frac * chip.shape[0])) :] = self.config.grey
         return chip
 
     def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
@@ -135,6 +163,8 @@ class DlibResNetEmbedder:
         if not chips:
             return np.zeros((0, self.dim), np.float32)
         batch = [np.ascontiguousarray(c, dtype=np.uint8) for c in chips]
+        if self.config.net != "dlib":
+            return self._embed_port(batch)
         vecs = np.asarray(self._net.compute_face_descriptor(batch, self.config.jitters), np.float32)
         if self.config.flip:
             mirrored = [np.ascontiguousarray(c[:, ::-1]) for c in batch]
@@ -143,6 +173,27 @@ class DlibResNetEmbedder:
             )
             vecs /= 2.0
         return vecs.reshape(len(chips), self.dim)
+
+    def _embed_port(self, batch: list[np.ndarray]) -> np.ndarray:
+        """The PyTorch / ONNX port: every chip (with its jitters and mirror) in one batch.
+
+        Jitter follows dlib's ``compute_face_descriptor``: ``jitters <= 1`` means none, else
+        the mean over that many ``dlib.jitter_image`` copies (random, as in dlib).
+        """
+        n, c = len(batch), self.config
+        if c.jitters > 1:
+            import dlib
+
+            views = [np.asarray(j, np.uint8) for chip in batch
+                     for j in dlib.jitter_image(chip, num_jitters=c.jitters)]
+        else:
+            views = batch
+        per = max(1, c.jitters)
+        stack = np.stack(views)
+        if c.flip:
+            stack = np.concatenate([stack, stack[:, :, ::-1]])
+        vecs = self._net(stack).reshape(2 if c.flip else 1, n, per, self.dim)
+        return vecs.mean(axis=(0, 2)).astype(np.float32)
 
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """(len(faces), 128) embeddings of faces (boxes) in one RGB image."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,7 +286,7 @@ def parse_dlib_resnet(path: str | Path) -> dict[str, np.ndarray]:
 # cache
 # ----------------------------------------------------------------------------------------
 
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()
 
 
 def _sha256(path: Path) -> str:
@@ -335,7 +336,7 @@ def cached_state(dat_path: str | Path | None = None, cache_dir: str | Path | Non
 # the PyTorch network
 # ----------------------------------------------------------------------------------------
 
-#: (filters, stride) of the 29 convolutions after the stem, in pairs (one residual block).
+#: (filters, stride) of the 14 residual blocks (2 convolutions each; 28 + the stem = 29).
 _BLOCKS = ([(32, 1)] * 3 + [(64, 2)] + [(64, 1)] * 3 + [(128, 2)] + [(128, 1)] * 2
            + [(256, 2)] + [(256, 1)] * 2 + [(256, 2)])
 
@@ -435,9 +436,11 @@ def export_onnx(path: str | Path, model=None, opset: int = 17) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, CHIP, CHIP, 3, dtype=torch.uint8)
-    torch.onnx.export(model, (dummy,), str(path), input_names=["chips"],
-                      output_names=["descriptor"], opset_version=opset, dynamo=False,
-                      dynamic_axes={"chips": {0: "batch"}, "descriptor": {0: "batch"}})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(model, (dummy,), str(path), input_names=["chips"],
+                          output_names=["descriptor"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"chips": {0: "batch"}, "descriptor": {0: "batch"}})
     return path
 
 
