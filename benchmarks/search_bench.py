@@ -9,14 +9,27 @@ Two query sets:
 Figures: index build time (--build-threads), p50/p95 single-query latency (--threads, batch
 size 1), recall@1 against exact search, and for lfw the rank-1 identification rate.
 
+pgvector column: the same gallery loaded (COPY) into facelab's PostgreSQL layout (images,
+faces, embeddings with a ``vector`` column) and searched through ``PostgresStore.vector_search``
+(one SQL query per vector, as FaceDB.search does): an exact scan, then the per-model HNSW index
+(--hnsw-m, --ef-construction; build time is CREATE INDEX with --build-threads - 1 parallel
+workers) at each --ef-search. ``--pgvector auto`` starts the PostgreSQL+pgvector bundled by the
+``pgserver`` wheel in a temporary folder; a postgresql:// URL uses that server (a database
+``facelab_search_bench`` is created and dropped); ``off`` skips it. Skipped with the reason when
+unavailable, or when the gallery is larger than --pg-max-n.
+
 Usage (embeddings.npz from `facelab verify-eval ... --out runs/lfw` or
 `benchmarks/mobilefacenet_eval.py ... --embeddings-out`):
-    OMP_NUM_THREADS=1 python benchmarks/search_bench.py --n 1000000 --lfw runs/lfw/embeddings.npz"""
+    OMP_NUM_THREADS=1 python benchmarks/search_bench.py --n 1000000 --lfw runs/lfw/embeddings.npz
+    OMP_NUM_THREADS=1 python benchmarks/search_bench.py --n 100000 --nlist 1024 --pgvector auto"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +125,103 @@ def run(gallery: np.ndarray, queries: np.ndarray, args, label: str, truth_ids=No
         ids, t = latencies(faiss_search(index), queries)
         report(name, build, t, ids)
         faiss.omp_set_num_threads(args.build_threads)
+    pgvector_rows(gallery, queries, args, report)
+
+
+@contextmanager
+def pg_database(target: str):
+    """A URL of an empty database on a PostgreSQL server with pgvector (dropped afterwards)."""
+    import psycopg
+
+    srv, root = None, None
+    if target == "auto":
+        import pgserver
+
+        root = Path(tempfile.mkdtemp(prefix="facelab-search-bench-pg-"))
+        srv = pgserver.get_server(root, cleanup_mode="delete")
+        base = srv.get_uri()
+    else:
+        base = target
+    name = "facelab_search_bench"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = psycopg.conninfo.make_conninfo(base, dbname=name)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if srv is not None:
+            srv.cleanup()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def load_pg(store, gallery: np.ndarray, model: str, version: str) -> None:
+    """COPY the gallery into images / faces / embeddings (embedding id i+1 = gallery row i)."""
+    from facelab.facedb.postgres import vector_text
+
+    n, dim = gallery.shape
+    cur = store.conn.cursor()
+    with cur.copy("COPY images (id, sha256, added_at) FROM STDIN") as cp:
+        for i in range(1, n + 1):
+            cp.write_row((i, f"bench-{i}", "0"))
+    with cur.copy("COPY faces (id, image_id) FROM STDIN") as cp:
+        for i in range(1, n + 1):
+            cp.write_row((i, i))
+    with cur.copy("COPY embeddings (id, face_id, model, version, dim, embedding) FROM STDIN") as cp:
+        for i, v in enumerate(gallery, 1):
+            cp.write_row((i, i, model, version, dim, vector_text(v)))
+    store.execute("ANALYZE embeddings")
+
+
+def pgvector_rows(gallery: np.ndarray, queries: np.ndarray, args, report) -> None:
+    """The pgvector rows of the table: exact scan, then HNSW at each --ef-search."""
+    if args.pgvector == "off":
+        return
+    if len(gallery) > args.pg_max_n:
+        print(f"pgvector: skipped, gallery {len(gallery):,} > --pg-max-n {args.pg_max_n:,}", flush=True)
+        return
+    try:
+        from facelab.facedb.postgres import PostgresStore
+
+        ctx = pg_database(args.pgvector)
+        url = ctx.__enter__()
+    except Exception as exc:  # noqa: BLE001  (no pgserver / no server: say why, keep the FAISS rows)
+        print(f"pgvector: skipped ({type(exc).__name__}: {exc})", flush=True)
+        return
+    try:
+        store = PostgresStore(url)
+        if not store.pgvector:
+            print("pgvector: skipped (the server has no 'vector' extension)", flush=True)
+            return
+        model, version, dim = "bench", "l2", gallery.shape[1]
+        t = time.perf_counter()
+        load_pg(store, gallery, model, version)
+        print(f"   (pgvector: COPY of {len(gallery):,} rows took {time.perf_counter() - t:.1f} s; "
+              f"server {store.execute('SHOW server_version')[0][0]})", flush=True)
+
+        def search_fn(q: np.ndarray) -> int:
+            return int(store.vector_search(model, version, dim, "l2", q, 1, ef_search=ef)[1][0, 0]) - 1
+
+        ef = 0
+        nq = min(len(queries), args.pg_exact_queries)
+        ids, t_ex = latencies(search_fn, queries[:nq])
+        report(f"pgvector exact scan ({nq} q)", 0.0, t_ex, ids)
+        if args.hnsw_m > 0:
+            store.execute(f"SET max_parallel_maintenance_workers = {max(0, args.build_threads - 1)}")
+            t = time.perf_counter()
+            name = store.ensure_vector_index(model, version, dim, "l2", "hnsw", m=args.hnsw_m,
+                                             ef_construction=args.ef_construction)
+            build = time.perf_counter() - t
+            if name not in store.explain_search(model, version, dim, "l2", k=1):
+                print("   (pgvector: the planner does not use the HNSW index for this query)", flush=True)
+            for ef in args.ef_search:
+                ids, t = latencies(search_fn, queries)
+                report(f"pgvector-hnsw M{args.hnsw_m} efC{args.ef_construction} ef{ef}", build, t, ids)
+        store.close()
+    finally:
+        ctx.__exit__(None, None, None)
 
 
 def faiss_search_all(gallery: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -156,6 +266,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="FAISS threads while querying")
     ap.add_argument("--build-threads", type=int, default=1, help="FAISS threads while building")
     ap.add_argument("--skip-random", action="store_true")
+    ap.add_argument("--pgvector", default="auto",
+                    help="auto (pgserver's bundled PostgreSQL+pgvector), a postgresql:// URL, or off")
+    ap.add_argument("--pg-max-n", type=int, default=200_000, help="skip pgvector for larger galleries")
+    ap.add_argument("--pg-exact-queries", type=int, default=50, help="queries for the exact SQL scan")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     if not args.skip_random:

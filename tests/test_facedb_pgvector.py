@@ -107,6 +107,13 @@ def test_replicas_share_enroll_search_verify_delete(pg_url, tmp_path):
     left = b.store.execute("SELECT COUNT(*) FROM embeddings WHERE embedding <=> ?::vector < 1e-6",
                            (b.store.encode_vector(ada_vec),))[0][0]
     assert left == 0 and b.stats()["identities"] == 1
+    # another index kind: the old index is dropped, the exact scan answers the same
+    from facelab.facedb.index import IndexConfig
+
+    a.update_config(index=IndexConfig(kind="flat"))
+    assert a.index.name is None and a.index.location == "postgresql (exact scan)"
+    assert not a.store.vector_indexes(*a.model_key)
+    assert [m["identity"] for m in a.search(photos["bob"][0], k=2)[0]] == ["bob", "bob"]
     a.close()
     b.close()
 
