@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -326,7 +327,7 @@ def cached_state(dat_path: str | Path | None = None, cache_dir: str | Path | Non
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
                  parse_dlib_resnet(dat_path).items()}
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{threading.get_ident()}")
+        tmp = target.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         torch.save({"format": CACHE_FORMAT, "sha256": digest, "state": state}, tmp)
         tmp.replace(target)
         return state
@@ -457,7 +458,7 @@ def onnx_session(path: str | Path | None = None, threads: int | None = None):
         path = cache_root() / "weights" / f"dlib_resnet_v1_{digest[:16]}.onnx"
         with _CACHE_LOCK:
             if not path.is_file():
-                tmp = path.with_suffix(f".tmp{threading.get_ident()}.onnx")
+                tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}.onnx")
                 export_onnx(tmp)
                 tmp.replace(path)
     opts = ort.SessionOptions()
