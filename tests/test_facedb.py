@@ -173,3 +173,35 @@ def test_ingest_folder_and_csv(tmp_path):
     assert rep3.counts["added"] == 1
     row = db.store.execute("SELECT source, license FROM images WHERE source LIKE 'http%'")
     assert row == [("http://example.org/x.png", "CC0")]
+
+
+def test_a_database_keeps_the_dlib_backend_its_vectors_were_made_with(tmp_path):
+    """An existing dlib database (options without "net") is pinned to dlib's own network, so
+    the new ONNX default cannot make it search an empty set; an empty one takes the default."""
+    import json
+    import sqlite3
+
+    from facelab.embed.dlib_resnet import DlibEmbedConfig
+    from facelab.facedb.db import FaceDB, FaceDBConfig
+
+    for name, with_vector, expected in (("old.db", True, "dlib"), ("new.db", False, DlibEmbedConfig().net)):
+        path = tmp_path / name
+        FaceDB.init(path, FaceDBConfig(embedder="dlib-resnet", detector="whole")).close()
+        con = sqlite3.connect(path)
+        cfg = json.loads(con.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
+        cfg["embedder_options"] = {}  # as databases made before the backend option stored it
+        con.execute("UPDATE meta SET value=? WHERE key='config'", (json.dumps(cfg),))
+        if with_vector:
+            con.execute("INSERT INTO images (id, sha256, path, width, height, added_at) "
+                        "VALUES (1, 'h', 'p', 1, 1, 't')")
+            con.execute("INSERT INTO faces (id, image_id) VALUES (1, 1)")
+            con.execute("INSERT INTO embeddings (face_id, model, version, dim, vector) "
+                        "VALUES (1, 'dlib-resnet', 'v1-j0-f1-p0.25-occnone-shape5', 128, x'00')")
+        con.commit()
+        con.close()
+        db = FaceDB(path)
+        assert db.config.embedder_options["net"] == expected
+        if with_vector:
+            assert db.model_key == ("dlib-resnet", "v1-j0-f1-p0.25-occnone-shape5")
+        db.close()
+        assert FaceDB(path).config.embedder_options["net"] == expected  # stored, stable

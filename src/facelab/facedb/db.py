@@ -223,6 +223,26 @@ class FaceDB:
         self._index: VectorIndex | PgVectorIndex | None = None
         self._dirty = False
         self._lock_depth = 0
+        self._pin_dlib_net()
+
+    def _pin_dlib_net(self) -> None:
+        """Record which dlib network backend makes this database's vectors, once.
+
+        The dlib embedder's default backend changed from dlib's C++ network to the ONNX port
+        (same network, cosine >= 0.9999, a different `version`). A database whose stored
+        options name no backend keeps the one its vectors were made with: dlib's own when it
+        holds any vector, the current default when it is still empty. Without this, an old
+        database would search an empty set after the upgrade, silently.
+        """
+        if not self.config.embedder.startswith("dlib-resnet"):
+            return
+        if "net" in self.config.embedder_options:
+            return
+        has_vectors = bool(self.store.execute("SELECT 1 FROM embeddings LIMIT 1"))
+        from facelab.embed.dlib_resnet import DlibEmbedConfig
+
+        net = "dlib" if has_vectors else DlibEmbedConfig().net
+        self.update_config(embedder_options={**self.config.embedder_options, "net": net})
 
     @staticmethod
     def _open_store(path: str | Path) -> FaceStore:
