@@ -29,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES = ("attributes", "analyze", "detect", "db", "recipes", "serve", "masks")
+_COMMAND_MODULES = ("attributes", "analyze", "detect", "db", "recipes", "serve", "masks", "clips")
 
 
 def _register() -> None:

@@ -1,0 +1,151 @@
+"""Clip training configuration: a dataclass tree read from YAML with `key=value` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from facelab.config import build_dataclass
+from facelab.errors import ConfigError
+
+KINDS = ("2d", "3d")
+ARCHS_3D = ("r3d_18", "mc3_18", "r2plus1d_18")
+
+
+@dataclass
+class ClipDataConfig:
+    """Attributes:
+        train: clip set to train on: `gmdcsa24`, `up-fall`, `both`, a labels CSV or a folder.
+        task: `label` (fall vs adl) or `activity` (UP-Fall's 11 activities).
+        size: frames are scaled to size x size (whole frame).
+        folds: grouped cross-validation folds for `clips train --cv` (GMDCSA24 with 4 folds is
+            leave-one-subject-out; UP-Fall folds never split an `event`).
+        cache: keep decoded frames on disk (facelab.paths.cache_root()/clips, or cache_dir).
+    """
+
+    train: str = "both"
+    task: str = "label"
+    size: int = 112
+    folds: int = 4
+    cache: bool = True
+    cache_dir: str = ""
+
+
+@dataclass
+class ClipModelConfig:
+    """Attributes:
+        kind: `2d` (an image backbone per frame, scores averaged over frames) or `3d`
+            (a torchvision video ResNet, from scratch).
+        backbone: 2D backbone name from facelab.models (mobilenet_v2 has offline ImageNet weights).
+        pretrained: `imagenet`, '' (random) or a .pth file (2D only).
+        freeze: frozen early backbone stages (2D; mobilenet_v2 has 19).
+        arch3d: r3d_18 | mc3_18 | r2plus1d_18 (3D, random init: no Kinetics weights offline).
+        dropout: before the linear classifier.
+    """
+
+    kind: str = "2d"
+    backbone: str = "mobilenet_v2"
+    pretrained: str = "imagenet"
+    freeze: int = 12
+    arch3d: str = "r3d_18"
+    dropout: float = 0.2
+
+
+@dataclass
+class ClipSamplingConfig:
+    """Attributes:
+        pool: segment-centre frames cached per clip for training; random frames are drawn from it.
+        train_frames: frames per clip per training step: 1 = one random frame (2D single
+            frame), K = one random frame in each of K segments (TSN-style 2D, or a 3D input).
+        eval_frames: frames at evaluation: 1 = the middle frame, K = K uniform frames whose
+            scores are averaged (2D) or stacked (3D).
+    """
+
+    pool: int = 16
+    train_frames: int = 1
+    eval_frames: int = 1
+
+
+@dataclass
+class ClipAugmentConfig:
+    """Attributes:
+        rotate: random rotation of up to +-rotate degrees, one angle per clip (0 = off;
+            the seed found heavy rotation hurt, as falls look like rotations).
+        hflip: random horizontal flip.
+    """
+
+    rotate: float = 0.0
+    hflip: bool = True
+
+
+@dataclass
+class ClipConfig:
+    data: ClipDataConfig = field(default_factory=ClipDataConfig)
+    model: ClipModelConfig = field(default_factory=ClipModelConfig)
+    sampling: ClipSamplingConfig = field(default_factory=ClipSamplingConfig)
+    augment: ClipAugmentConfig = field(default_factory=ClipAugmentConfig)
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.model.kind not in KINDS:
+            raise ConfigError(f"model.kind {self.model.kind!r} unknown; use one of {KINDS}")
+        if self.model.kind == "3d" and self.model.arch3d not in ARCHS_3D:
+            raise ConfigError(f"model.arch3d {self.model.arch3d!r} unknown; use one of {ARCHS_3D}")
+        s = self.sampling
+        if min(s.pool, s.train_frames, s.eval_frames) < 1 or s.train_frames > s.pool:
+            raise ConfigError("sampling: pool, train_frames and eval_frames must be >= 1 and "
+                              "train_frames <= pool")
+        if self.model.kind == "3d" and s.train_frames != s.eval_frames:
+            raise ConfigError("a 3d model needs sampling.train_frames == sampling.eval_frames")
+        if self.data.size < 16 or self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("data.size >= 16, epochs >= 1 and batch_size >= 1 are required")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_clip_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                     base: dict[str, Any] | None = None) -> ClipConfig:
+    """YAML (or `base`, or defaults) plus `section.key=value` overrides.
+
+    Example:
+        >>> load_clip_config(None, ["epochs=2", "augment.rotate=30"]).augment.rotate
+        30
+    """
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    values = apply_overrides(values, overrides or [])
+    return build_dataclass(ClipConfig, values, str(path or "config"))

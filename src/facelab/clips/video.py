@@ -1,0 +1,138 @@
+"""Decode clips with PyAV into small uint8 frame stacks, with an on-disk cache.
+
+Sampling is by segment centres: `k` frames of an `n`-frame clip are taken at
+floor((i + 0.5) * n / k), i = 0..k-1. k=1 is the middle frame; k=8 is TSN-style uniform
+sampling; training with one random frame draws one frame of a `k`-frame stack per epoch.
+
+Every frame is scaled to `size` x `size` (whole frame, aspect not kept: a falling person
+can be anywhere in the picture) as soon as it is decoded, so a 4K clip costs no more memory
+than a VGA one. Bad input raises ImageDecodeError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from facelab.errors import ImageDecodeError
+from facelab.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+# A clip whose container promises more frames than decode yields by this share is truncated.
+TRUNCATED_SHARE = 0.9
+
+
+def segment_indices(n: int, k: int) -> np.ndarray:
+    """Indices of `k` frames at the centres of `k` equal segments of an `n`-frame clip.
+
+    Example:
+        >>> segment_indices(10, 1).tolist(), segment_indices(10, 4).tolist()
+        ([5], [1, 3, 6, 8])
+    """
+    if n <= 0 or k <= 0:
+        raise ValueError("n and k must be positive")
+    return np.minimum(((np.arange(k) + 0.5) * n / k).astype(int), n - 1)
+
+
+def decode_clip(path: str | Path, size: int) -> np.ndarray:
+    """All frames of a clip as uint8 (n, size, size, 3) RGB.
+
+    Raises ImageDecodeError for a missing file, a file that is not a video, a container with
+    no video stream (audio-only), an unknown codec, zero frames, or a truncated stream.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"clip {path} not found")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot open clip {path}: {exc}") from exc
+    frames: list[np.ndarray] = []
+    with container:
+        if not container.streams.video:
+            kinds = ",".join(s.type for s in container.streams) or "none"
+            raise ImageDecodeError(f"clip {path} has no video stream (streams: {kinds}; audio-only?)")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ImageDecodeError(f"clip {path}: video codec {stream.codec_tag!r} is not supported")
+        expected = int(stream.frames or 0)
+        try:
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+        except (av.FFmpegError, ValueError) as exc:
+            raise ImageDecodeError(
+                f"clip {path} is corrupt or truncated after {len(frames)} frames: {exc}") from exc
+    if not frames:
+        raise ImageDecodeError(f"clip {path} has zero decodable frames")
+    if expected and len(frames) < TRUNCATED_SHARE * expected:
+        raise ImageDecodeError(
+            f"clip {path} is truncated: decoded {len(frames)} of {expected} frames")
+    return np.stack(frames)
+
+
+def _key(path: Path, k: int, size: int) -> str:
+    st = path.stat()
+    ident = f"v{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|seg{k}|{size}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+class FrameCache:
+    """Sampled frame stacks on disk: one .npy per (file identity, sampling, size).
+
+    The key is the resolved path, size in bytes and modification time of the clip, the
+    number of segment-centre frames and the frame size; a changed file is decoded again.
+    Each entry is written atomically, so a fill interrupted at any point resumes where it
+    stopped. `root=None` uses facelab.paths.cache_root()/clips; `enabled=False` always decodes.
+    """
+
+    def __init__(self, size: int, root: str | Path | None = None, enabled: bool = True):
+        self.size, self.enabled = int(size), enabled
+        self.root = Path(root) if root else cache_root() / "clips"
+        self.decoded = 0  # clips decoded by this object (the rest came from disk)
+
+    def path_for(self, clip: str | Path, k: int) -> Path:
+        h = _key(Path(clip), k, self.size)
+        return self.root / h[:2] / f"{h}.npy"
+
+    def frames(self, clip: str | Path, k: int) -> np.ndarray:
+        """uint8 (k, size, size, 3): the `k` segment-centre frames of `clip`."""
+        return self.fill(clip, (k,))[k]
+
+    def fill(self, clip: str | Path, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """The stacks for every k in `ks`, decoding the clip at most once for all missing ones."""
+        clip = Path(clip)
+        if not clip.is_file():
+            raise ImageDecodeError(f"clip {clip} not found")
+        out: dict[int, np.ndarray] = {}
+        missing = []
+        for k in ks:
+            p = self.path_for(clip, k) if self.enabled else None
+            if p is not None and p.is_file():
+                try:
+                    out[k] = np.load(p)
+                    continue
+                except (OSError, ValueError):  # a damaged entry: decode again
+                    log.warning("cache entry %s unreadable; decoding %s again", p, clip)
+            missing.append(k)
+        if missing:
+            allf = decode_clip(clip, self.size)
+            self.decoded += 1
+            for k in missing:
+                stack = np.ascontiguousarray(allf[segment_indices(len(allf), k)])
+                out[k] = stack
+                if self.enabled:
+                    p = self.path_for(clip, k)
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, stack)
+                    os.replace(tmp, p)
+        return out
