@@ -141,13 +141,15 @@ def analyze_speed(run_dir: Path, scenes: list[str], gt: dict, faces: list[str]) 
     from facelab.detect.evaluate import match
     from facelab.embed.base import get_embedder
 
-    # face_recognition's face_encodings: 68/5-point chip, one forward, no flip, no jitter
-    plain = get_embedder("dlib-resnet", flip=False)
-    attrs = AttributeRun.load(run_dir, backend="onnx-int8")
+    # face_recognition's face_encodings: dlib's C++ network on a 5-point chip, one forward
+    # per face, no flip, no jitter
+    recipe = get_embedder("dlib-resnet", net="dlib", flip=False)
+    ours = get_embedder("dlib-resnet")  # facelab's default: the same network in ONNX Runtime,
+    attrs = AttributeRun.load(run_dir, backend="onnx-int8")  # batched, with flip
     pipelines = {
-        "facelab: mtcnn + attributes (int8) + dlib embedding": FaceAnalyzer("mtcnn", attrs, plain),
+        "facelab: mtcnn + attributes (int8) + dlib network (ONNX, flip)": FaceAnalyzer("mtcnn", attrs, ours),
         "facelab: mtcnn + attributes (int8), no embedding": FaceAnalyzer("mtcnn", attrs),
-        "face_recognition recipe: HOG + landmarks + dlib embedding": FaceAnalyzer("dlib-hog", None, plain),
+        "face_recognition recipe: HOG + 5-point chip + dlib embedding": FaceAnalyzer("dlib-hog", None, recipe),
     }
     rows = []
     for name, fa in pipelines.items():
@@ -177,6 +179,7 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=1000, help="UTKFace photos for predict")
     ap.add_argument("--scenes", type=int, default=100, help="mask scenes for analyze")
     ap.add_argument("--faces", type=int, default=200, help="UTKFace photos for analyze")
+    ap.add_argument("--sections", default="1234", help="which tables to print, e.g. 4")
     args = ap.parse_args()
     missing = missing_data("face-mask-detection", "utkface")
     if missing:
@@ -192,17 +195,24 @@ def main() -> int:
     data = run.prepare_data()
     print(f"run {run_dir}: {run.model_config.backbone} {run.settings.size}px, TTA {run.tta}, "
           f"{args.threads} threads")
-    speed, onnx = model_table(run, data, args.threads)
-    print("\n1. model forward, batch 64\n" + speed.to_string(index=False), flush=True)
-    print("\n2. test split macro F1\n" + f1_table(run, data, onnx).to_string(index=False), flush=True)
+    if "1" in args.sections or "2" in args.sections:
+        speed, onnx = model_table(run, data, args.threads)
+        print("\n1. model forward, batch 64\n" + speed.to_string(index=False), flush=True)
+        print("\n2. test split macro F1\n" + f1_table(run, data, onnx).to_string(index=False),
+              flush=True)
     utk = sorted((dataset_dir("utkface") / "images").glob("*.jpg"))
-    photos = [utk[i] for i in np.linspace(0, len(utk) - 1, args.photos).astype(int)]
-    print("\n3. predict end to end, cold cache, flip TTA\n"
-          + predict_table_speed(run_dir, photos).to_string(index=False), flush=True)
-    scenes, gt = scene_set(args.scenes)
-    faces = [str(utk[i]) for i in np.linspace(1, len(utk) - 2, args.faces).astype(int)]
-    print("\n4. analyze end to end (one image at a time)\n"
-          + analyze_speed(run_dir, scenes, gt, faces).to_string(index=False), flush=True)
+    if "3" in args.sections:
+        photos = [utk[i] for i in np.linspace(0, len(utk) - 1, args.photos).astype(int)]
+        print("\n3. predict end to end, cold cache, flip TTA\n"
+              + predict_table_speed(run_dir, photos).to_string(index=False), flush=True)
+    if "4" in args.sections:
+        if not (run_dir / "model.int8.onnx").is_file():
+            print("section 4 needs runs/main/model.int8.onnx: run section 1 first")
+            return 1
+        scenes, gt = scene_set(args.scenes)
+        faces = [str(utk[i]) for i in np.linspace(1, len(utk) - 2, args.faces).astype(int)]
+        print("\n4. analyze end to end (one image at a time)\n"
+              + analyze_speed(run_dir, scenes, gt, faces).to_string(index=False), flush=True)
     return 0
 
 
