@@ -1,0 +1,286 @@
+"""Clip data sets, decoding + cache, grouped folds, bad input and the `facelab clips` CLI,
+on tiny videos made here with PyAV (a square that drops fast = "fall", one that walks
+sideways = "adl"); the real-data checks skip when $FACELAB_DATA lacks the sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facelab.clips.config import load_clip_config
+from facelab.clips.dataset import from_csv, from_folder, load_clips
+from facelab.clips.engine import _train_indices, fit, load_model, load_stacks, predict_clips
+from facelab.clips.folds import assign_folds, bootstrap, check_folds
+from facelab.clips.video import FrameCache, decode_clip, segment_indices
+from facelab.errors import ConfigError, ImageDecodeError, LeakageError
+from facelab.paths import missing_data
+
+
+def write_clip(path: Path, kind: str, n: int = 20, size: int = 48, seed: int = 0,
+               codec: str = "mpeg4") -> Path:
+    """A square on a noisy background: 'fall' drops fast, 'adl' moves sideways slowly."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(n):
+            img = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
+            if kind == "fall":
+                y, x = min(size - 12, int(t * 3)), size // 2 - 6
+            else:
+                y, x = size // 4, min(size - 12, 4 + t)
+            img[y:y + 12, x:x + 12] = (230, 60, 40) if kind == "fall" else (40, 200, 90)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mp2", rate=16000)
+        stream.layout = "mono"
+        for i in range(5):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1152
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_zero_frames(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        out.start_encoding()  # header with a video stream, then no frame at all
+    return path
+
+
+def write_truncated(path: Path, src: Path) -> Path:
+    data = src.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def clip_set(tmp_path) -> Path:
+    """labels.csv with 8 clips: 4 subjects x (1 fall + 1 adl)."""
+    root = tmp_path / "set"
+    (root / "clips").mkdir(parents=True)
+    rows = []
+    for s in range(4):
+        for kind in ("fall", "adl"):
+            name = f"clips/s{s}_{kind}.mp4"
+            write_clip(root / name, kind, seed=s * 2 + (kind == "fall"))
+            rows.append({"clip": name, "label": kind, "subject": f"p{s}"})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_decode_and_segment_sampling(tmp_path):
+    clip = write_clip(tmp_path / "a.mp4", "fall", n=20)
+    frames = decode_clip(clip, 32)
+    assert frames.shape == (20, 32, 32, 3) and frames.dtype == np.uint8
+    assert segment_indices(20, 1).tolist() == [10]
+    assert segment_indices(20, 4).tolist() == [2, 7, 12, 17]
+    assert segment_indices(3, 8).max() == 2  # more frames wanted than the clip has
+    cache = FrameCache(32, tmp_path / "c")
+    np.testing.assert_array_equal(cache.frames(clip, 1)[0], frames[10])
+    np.testing.assert_array_equal(cache.frames(clip, 4), frames[[2, 7, 12, 17]])
+    # random training frames: the same seed gives the same frames, another seed others
+    a = [_train_indices(16, 4, np.random.default_rng(3)).tolist() for _ in range(2)]
+    b = _train_indices(16, 4, np.random.default_rng(4)).tolist()
+    assert a[0] == a[1]
+    assert all(4 * i <= v < 4 * i + 4 for i, v in enumerate(a[0]))  # one frame per segment
+    draws = {int(_train_indices(16, 1, np.random.default_rng(s))[0]) for s in range(40)}
+    assert a[0] != b and len(draws) > 8
+
+
+def test_cache_resume_and_invalidation(tmp_path):
+    clips = [write_clip(tmp_path / f"c{i}.mp4", "adl", seed=i) for i in range(3)]
+    cache = FrameCache(24, tmp_path / "cache")
+    first = {str(c): cache.fill(c, (1, 4)) for c in clips}
+    assert cache.decoded == 3
+    again = FrameCache(24, tmp_path / "cache")  # a new process: everything from disk
+    for c in clips:
+        got = again.fill(c, (1, 4))
+        np.testing.assert_array_equal(got[4], first[str(c)][4])
+    assert again.decoded == 0
+    again.path_for(clips[0], 4).unlink()  # an interrupted fill: only the missing entry decodes
+    again.fill(clips[0], (1, 4))
+    assert again.decoded == 1
+    os.utime(clips[1], ns=(1, 1))  # a changed file gets a new key
+    assert again.path_for(clips[1], 4) != FrameCache(24, tmp_path / "cache").path_for(clips[2], 4)
+    assert not again.path_for(clips[1], 4).is_file()
+    assert FrameCache(32, tmp_path / "cache").path_for(clips[0], 4) != again.path_for(clips[0], 4)
+    assert list((tmp_path / "cache").rglob("*.tmp")) == []
+
+
+def test_bad_inputs_are_listed_and_the_batch_goes_on(tmp_path):
+    good = write_clip(tmp_path / "good.mp4", "fall", codec="libx264")
+    bad = {
+        "truncated": write_truncated(tmp_path / "trunc.mp4", good),
+        "zero": write_zero_frames(tmp_path / "zero.avi"),
+        "audio": write_audio_only(tmp_path / "audio.mp4"),
+        "text": tmp_path / "notes.mp4",
+        "missing": tmp_path / "gone.mp4",
+    }
+    bad["text"].write_text("this is not a video")
+    expected = {"truncated": "", "zero": "zero decodable frames", "audio": "no video stream",
+                "text": "cannot open", "missing": "not found"}
+    for name, path in bad.items():
+        with pytest.raises(ImageDecodeError) as exc:
+            decode_clip(path, 32)
+        msg = str(exc.value)
+        assert "\n" not in msg and str(path) in msg and expected[name] in msg, msg
+    clips = [str(good)] + [str(p) for p in bad.values()] + [str(good)]
+    stacks, failed = load_stacks(clips, (1,), FrameCache(32, tmp_path / "c"))
+    assert list(stacks) == [str(good)]
+    assert [c for c, _ in failed] == [str(p) for p in bad.values()]
+
+
+def test_folds_never_split_a_group():
+    rng = np.random.default_rng(0)
+    t = pd.DataFrame({"label": rng.choice(["fall", "adl"], 60),
+                      "group": [f"e{i // 2}" for i in range(60)], "dataset": "up"})
+    t["event"] = t["group"]
+    loso = pd.DataFrame({"label": ["fall", "adl"] * 8, "group": [f"s{i // 4}" for i in range(16)],
+                         "dataset": "g"})
+    loso["event"] = [f"c{i}" for i in range(16)]
+    both = pd.concat([t, loso], ignore_index=True)
+    folds = assign_folds(both, 4, seed=1)
+    check_folds(both, folds)
+    for _, part in both.assign(f=folds).groupby("group"):
+        assert part["f"].nunique() == 1
+    # 4 subjects in 4 folds: leave-one-subject-out
+    g = both.assign(f=folds)[both["dataset"] == "g"]
+    assert sorted(g.groupby("f")["group"].nunique()) == [1, 1, 1, 1]
+    with pytest.raises(LeakageError):
+        check_folds(both, np.arange(len(both)) % 4)
+    with pytest.raises(ConfigError):
+        assign_folds(loso, 5)
+
+
+def test_bootstrap_intervals_cover_the_point():
+    y = np.array([0, 1] * 20)
+    pred = y.copy()
+    pred[:6] = 1 - pred[:6]
+    m = bootstrap(y, pred, np.arange(40) // 2, 2, n=200)
+    assert m["units"] == 20 and m["accuracy"] == pytest.approx(34 / 40)
+    assert m["macro_f1_ci"][0] <= m["macro_f1"] <= m["macro_f1_ci"][1] < 1
+
+
+def test_loaders_csv_and_folder(clip_set, tmp_path):
+    t = from_csv(clip_set / "labels.csv")
+    assert len(t) == 8 and set(t["label"]) == {"fall", "adl"}
+    assert (t["group"] == t["subject"]).all() and Path(t["clip"][0]).is_file()
+    assert load_clips(str(clip_set)).equals(t)
+    folder = tmp_path / "byclass"
+    for kind in ("fall", "adl"):
+        (folder / kind).mkdir(parents=True)
+        write_clip(folder / kind / "x.mp4", kind)
+    f = from_folder(folder)
+    assert sorted(f["label"]) == ["adl", "fall"] and f["group"].nunique() == 2
+
+
+@pytest.mark.skipif(missing_data("gmdcsa24-fall", "up-fall") is not None,
+                    reason=str(missing_data("gmdcsa24-fall", "up-fall")))
+def test_real_sets_load_with_groups():
+    both = load_clips("both")
+    assert both.groupby("dataset").size().to_dict() == {"gmdcsa24": 26, "up-fall": 67}
+    assert set(both["label"]) == {"fall", "adl"}
+    assert all(Path(c).is_file() for c in both["clip"])
+    up = load_clips("up-fall", task="activity")
+    assert up["label"].nunique() == 11
+    assert up.groupby("event")["clip"].count().max() == 2  # two camera views per trial
+    folds = assign_folds(both, 4)
+    g = both.assign(f=folds)
+    assert (g.groupby("event")["f"].nunique() == 1).all()
+    gm = g[g["dataset"] == "gmdcsa24"]
+    assert (gm.groupby("f")["subject"].nunique() == 1).all()  # leave-one-subject-out
+    assert (gm.groupby("subject")["f"].nunique() == 1).all()
+    fa = assign_folds(up, 3)
+    assert (up.assign(f=fa).groupby("event")["f"].nunique() == 1).all()
+
+
+def test_3d_model_trains_a_step(clip_set, tmp_path):
+    cfg = load_clip_config(None, ["model.kind=3d", "model.arch3d=mc3_18", "data.size=32",
+                                  "sampling.pool=4", "sampling.train_frames=4",
+                                  "sampling.eval_frames=4", "epochs=1", "batch_size=8",
+                                  f"data.cache_dir={tmp_path / 'c'}"])
+    table = from_csv(clip_set / "labels.csv")
+    res = fit(cfg, table, tmp_path / "run3d")
+    model, _, classes = load_model(tmp_path / "run3d")
+    probs, bad, _ = predict_clips(model, cfg, list(table["clip"][:2]))
+    assert probs.shape == (2, 2) and not bad and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert res.history and classes == ["adl", "fall"]
+
+
+def test_cli_train_cv_evaluate_predict(clip_set, tmp_path, cache_env):
+    from typer.testing import CliRunner
+
+    from facelab.cli import _register, app
+
+    _register()
+    torch.manual_seed(0)
+    cfg = tmp_path / "clips.yaml"
+    cfg.write_text(
+        f"data: {{train: {clip_set / 'labels.csv'}, size: 32, folds: 2}}\n"
+        "model: {pretrained: '', freeze: 0}\n"
+        "sampling: {pool: 4, train_frames: 1, eval_frames: 2}\n"
+        "epochs: 2\nbatch_size: 4\nlr: 0.003\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["clips", "train", "-c", str(cfg), "-o", str(tmp_path / "cv"), "--cv",
+                            "--no-progress", "--set", "augment.rotate=10"])
+    assert r.exit_code == 0, r.output
+    assert "macro F1" in r.output and "fold 0" in r.output and "fold 1" in r.output
+    for name in ("metrics.json", "report.md", "confusion.png", "predictions.csv"):
+        assert (tmp_path / "cv" / name).is_file()
+    preds = pd.read_csv(tmp_path / "cv" / "predictions.csv")
+    assert len(preds) == 8 and (preds.groupby("group")["fold"].nunique() == 1).all()
+    # resume: finished folds are read back, not trained again
+    mtime = (tmp_path / "cv" / "fold0" / "model.pt").stat().st_mtime_ns
+    r = runner.invoke(app, ["clips", "train", "-c", str(cfg), "-o", str(tmp_path / "cv"), "--cv",
+                            "--no-progress", "--set", "augment.rotate=10"])
+    assert r.exit_code == 0 and (tmp_path / "cv" / "fold0" / "model.pt").stat().st_mtime_ns == mtime
+
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["clips", "train", "-c", str(cfg), "-o", str(run), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(run / "log.csv")) == 2 and (run / "last.pt").is_file()
+    r = runner.invoke(app, ["clips", "train", "-c", str(cfg), "-o", str(run), "--no-progress",
+                            "--set", "epochs=3"])
+    assert r.exit_code != 0  # another config in the same folder is refused, not mixed
+    r = runner.invoke(app, ["clips", "evaluate", str(run), "--data", str(clip_set / "labels.csv"),
+                            "-o", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ev" / "confusion.png").is_file() and "accuracy" in r.output
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    r = runner.invoke(app, ["clips", "predict", str(run), str(clip_set / "clips"), str(bad),
+                            "-o", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert len(p) == 9 and set(p["predicted"][:8]) <= {"fall", "adl"}
+    assert p["predicted"].iloc[8] == "" and "cannot open" in p["error"].iloc[8]
+    assert "skipped" in r.output
+    assert any(cache_env.rglob("*.npy"))  # the default cache lives under FACELAB_CACHE
