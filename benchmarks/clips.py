@@ -1,0 +1,194 @@
+"""Clip classifiers on real clips, on the same grouped folds in one run (issue 16, item 4).
+
+Tasks and folds:
+- fall vs ADL on GMDCSA24 + UP-Fall together, 4 grouped folds: GMDCSA24 leave-one-subject-
+  out (subject i in fold i), UP-Fall trials (`event`, both camera views) by
+  StratifiedGroupKFold, so no subject / trial is on both sides;
+- UP-Fall 11 activities, 3 grouped folds by `event` (one trial per activity per fold);
+- cross-dataset fall vs ADL: train on all of GMDCSA24, test on UP-Fall, and the reverse.
+
+Methods (all settings fixed before any real-data result was seen; nothing is selected on
+these folds):
+- baseline: frozen ImageNet MobileNetV2 pooled features + logistic regression
+  (standardised, C=1), on the middle frame, and on the mean of 8 uniform frames' features;
+- 2d-1f: MobileNetV2 (ImageNet) fine-tuned on one random frame per clip per step (the
+  seed's winner), middle frame at test;
+- 2d-k8: the same backbone on 8 frames (one random frame per segment), scores averaged
+  (TSN), 8 uniform frames at test;
+- each fine-tuned model without and with rotation augmentation (+-30 degrees).
+Fine-tuning: 112 px whole frames, first 12 of 19 MobileNetV2 stages frozen, AdamW lr 1e-3,
+cosine, 6 epochs, batch 16, horizontal flip; seed 0.
+
+Intervals: 95% percentile bootstrap (1000 resamples) of the pooled out-of-fold predictions,
+resampling events (a GMDCSA24 clip, or a UP-Fall trial's two views together).
+Speeds: train clips/s (a clip = one step's sample), inference clips/s on decoded, cached
+frames (model only), single thread; decoding is timed separately on the first, uncached pass.
+
+    FACELAB_DATA=../shared/data .venv/bin/python benchmarks/clips.py [--epochs 6] [--size 112]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from facelab.clips.config import load_clip_config
+from facelab.clips.dataset import load_clips
+from facelab.clips.engine import fit, load_model, load_stacks, predict_clips
+from facelab.clips.folds import assign_folds, bootstrap, macro_f1
+from facelab.clips.video import FrameCache
+from facelab.models.backbone import create_backbone
+from facelab.paths import missing_data
+
+ROTATE = 30.0
+METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot")
+
+
+def finetune_cfg(method: str, args) -> object:
+    k = 8 if "k8" in method else 1
+    return load_clip_config(None, [
+        f"data.size={args.size}", f"epochs={args.epochs}", "batch_size=16", "lr=0.001",
+        "model.freeze=12", "sampling.pool=16", f"sampling.train_frames={k}",
+        f"sampling.eval_frames={k}", f"augment.rotate={ROTATE if 'rot' in method else 0}",
+        "seed=0", "threads=1"])
+
+
+class Features:
+    """Frozen ImageNet MobileNetV2 features of the middle frame and of 8 uniform frames."""
+
+    def __init__(self, stacks: dict, size: int):
+        bb = create_backbone("mobilenet_v2", "imagenet").eval()
+        mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
+        std = torch.tensor(bb.std).view(1, 3, 1, 1)
+        self.mid, self.mean8 = {}, {}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for clip, st in stacks.items():
+                x = torch.from_numpy(np.concatenate([st[1], st[8]])).permute(0, 3, 1, 2).float() / 255
+                f = bb((x - mean) / std).numpy()
+                self.mid[clip], self.mean8[clip] = f[0], f[1:].mean(0)
+        self.frames_per_s = 9 * len(stacks) / (time.perf_counter() - t0)
+
+
+def run_baseline(method, feats, train, test, classes):
+    src = feats.mid if method == "baseline-mid" else feats.mean8
+    xtr = np.stack([src[c] for c in train["clip"]])
+    xte = np.stack([src[c] for c in test["clip"]])
+    ytr = train["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    frames = 1 if method == "baseline-mid" else 8
+    t0 = time.perf_counter()
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000)).fit(xtr, ytr)
+    fit_s = time.perf_counter() - t0
+    proba = np.zeros((len(test), len(classes)))
+    proba[:, clf.classes_] = clf.predict_proba(xte)
+    # speeds include the feature extraction (measured once for all clips, per frame)
+    extract_s = frames / feats.frames_per_s
+    return proba, len(train) / (len(train) * extract_s + fit_s), 1 / extract_s
+
+
+def run_finetune(method, args, train, test, cache, classes):
+    cfg = finetune_cfg(method, args)
+    tmp = Path(tempfile.mkdtemp(prefix="clipbench_"))
+    try:
+        res = fit(cfg, train, tmp, resume=False, cache=cache)
+        if res.classes != classes:
+            raise RuntimeError(f"training part lacks classes {set(classes) - set(res.classes)}")
+        model, _, _ = load_model(tmp)
+        proba, _, infer = predict_clips(model, cfg, list(test["clip"]), cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return proba, res.train_clips_per_s, infer
+
+
+def evaluate(name, table, folds, methods, args, feats, cache, lines, test_folds=None):
+    """Out-of-fold predictions of every method on the same folds (scored on `test_folds`,
+    default all); one table row each."""
+    test_folds = sorted(set(folds)) if test_folds is None else test_folds
+    classes = sorted(table["label"].unique())
+    y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    lines.append(f"\n### {name}\n")
+    lines.append("| method | accuracy [95% CI] | macro F1 [95% CI] | per-fold macro F1 | "
+                 "train clips/s | infer clips/s |")
+    lines.append("|---|---|---|---|---|---|")
+    for method in methods:
+        probs = np.zeros((len(table), len(classes)))
+        tr_speed, inf_speed = [], []
+        for f in test_folds:
+            tr, te = table[folds != f], table[folds == f]
+            if method.startswith("baseline"):
+                p, a, b = run_baseline(method, feats, tr, te, classes)
+            else:
+                p, a, b = run_finetune(method, args, tr, te, cache, classes)
+            probs[np.flatnonzero(folds == f)] = p
+            tr_speed.append(a)
+            inf_speed.append(b)
+        scored = np.isin(folds, test_folds)
+        yy, pred = y[scored], probs[scored].argmax(1)
+        m = bootstrap(yy, pred, table["event"].to_numpy()[scored], len(classes))
+        per_fold = " / ".join(f"{macro_f1(yy[folds[scored] == f], pred[folds[scored] == f], len(classes)):.3f}"
+                              for f in test_folds)
+        a, fci = m["accuracy_ci"], m["macro_f1_ci"]
+        lines.append(f"| {method} | {m['accuracy']:.3f} [{a[0]:.2f}, {a[1]:.2f}] | "
+                     f"{m['macro_f1']:.3f} [{fci[0]:.2f}, {fci[1]:.2f}] | {per_fold} | "
+                     f"{np.mean(tr_speed):.0f} | {np.mean(inf_speed):.0f} |")
+        print(lines[-1], flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--parts", nargs="+", default=["binary", "activity", "cross"],
+                    choices=["binary", "activity", "cross"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    reason = missing_data("gmdcsa24-fall", "up-fall")
+    if reason:
+        print(f"skipped: {reason}")
+        return
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    both = load_clips("both")
+    cache = FrameCache(args.size)
+    t0 = time.perf_counter()
+    before = cache.decoded
+    stacks, bad = load_stacks(list(both["clip"]), (1, 8, 16), cache)
+    print(f"frames: {len(stacks)} clips ready in {time.perf_counter() - t0:.1f} s "
+          f"({cache.decoded - before} decoded now, the rest from the cache), {len(bad)} failed")
+    feats = Features({c: s for c, s in stacks.items()}, args.size)
+    lines = [f"size {args.size} px, {args.epochs} epochs, torch threads 1"]
+    print(lines[0])
+    if "binary" in args.parts:
+        evaluate("fall vs ADL, GMDCSA24 + UP-Fall, 4 grouped folds (93 clips)", both,
+                 assign_folds(both, 4), args.methods, args, feats, cache, lines)
+    if "activity" in args.parts:
+        up = load_clips("up-fall", task="activity")
+        evaluate("UP-Fall 11 activities, 3 grouped folds by event (67 clips)", up,
+                 assign_folds(up, 3), args.methods, args, feats, cache, lines)
+    if "cross" in args.parts:
+        for src, dst in (("gmdcsa24", "up-fall"), ("up-fall", "gmdcsa24")):
+            part = both[both["dataset"].isin([src, dst])].reset_index(drop=True)
+            folds = (part["dataset"] == dst).astype(int).to_numpy()  # 1: the test set
+            evaluate(f"cross-dataset fall vs ADL: train {src}, test {dst}", part, folds,
+                     args.methods, args, feats, cache, lines, test_folds=[1])
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
