@@ -144,7 +144,7 @@ def test_bad_inputs_are_listed_and_the_batch_goes_on(tmp_path):
         "missing": tmp_path / "gone.mp4",
     }
     bad["text"].write_text("this is not a video")
-    expected = {"truncated": "", "zero": "zero decodable frames", "audio": "no video stream",
+    expected = {"truncated": "cannot open", "zero": "zero decodable frames", "audio": "no video stream",
                 "text": "cannot open", "missing": "not found"}
     for name, path in bad.items():
         with pytest.raises(ImageDecodeError) as exc:
