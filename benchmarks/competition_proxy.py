@@ -109,7 +109,7 @@ def main() -> int:
     y = answers.loc[sub["ImageID"]].to_numpy()
     held = scores(y, sub["ans"].to_numpy())
     internal = pd.read_csv(run / "eval_test" / "predictions.csv")
-    known = (internal[[f"y_{t}" for t in TASKS]] >= 0).all(1)
+    known = (internal[[f"y_{t}" for t in TASKS]] >= 0).all(axis=1)
     yi = (internal["y_mask"] * 6 + internal["y_gender"] * 3 + internal["y_age"])[known].to_numpy()
     pi = (internal["pred_mask"] * 6 + internal["pred_gender"] * 3 + internal["pred_age"])[known].to_numpy()
     table = pd.DataFrame([{"split": f"eval/ ({len(sub)} images, submission.csv)", **held},
