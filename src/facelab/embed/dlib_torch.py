@@ -464,6 +464,8 @@ def onnx_session(path: str | Path | None = None, threads: int | None = None):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    # no busy-waiting between runs: the detector and other models share these cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

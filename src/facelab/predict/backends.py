@@ -47,6 +47,9 @@ class OnnxBackend:
                                   f"`facelab export RUN --format onnx`")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
+        # Idle ORT threads otherwise spin for a while after each run, taking the cores from
+        # the PyTorch detector and embedder that run between attribute batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
