@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +114,48 @@ def tiny_run(tmp_path_factory) -> Path:
         mp.setenv("FACELAB_CACHE", str(root / "cache"))
         fit(load_config(cfg, TINY_RUN), root / "run")
     return root / "run"
+
+
+def synthetic_person(seed: int, variant: int = 0, size: int = 48) -> np.ndarray:
+    """A synthetic 'person' for face-database tests: a fixed random pattern per seed, plus
+    small noise per photo (variant)."""
+    base = np.random.default_rng(seed).integers(0, 255, (8, 8, 3)).astype(np.float32)
+    img = np.kron(base, np.ones((size // 8, size // 8, 1)))
+    noise = np.random.default_rng(1000 * seed + variant).normal(0, 6, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def write_image(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@contextlib.contextmanager
+def running(app, wait_ready: bool = True):
+    """Serve an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL
+    (after /readyz answers 200 when `wait_ready`)."""
+    import httpx
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    if wait_ready:
+        while httpx.get(base + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline, httpx.get(base + "/readyz").text
+            time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()

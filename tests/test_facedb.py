@@ -7,27 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import synthetic_person, write_image
 
 from facelab.facedb.db import FaceDB, FaceDBConfig
 from facelab.facedb.index import IndexConfig, VectorIndex
 from facelab.facedb.ingest import ingest, list_sources
 from facelab.facedb.schema import SCHEMA_VERSION
 from facelab.facedb.store import DatabaseError, SQLiteStore
-
-
-def _person(seed: int, variant: int = 0, size: int = 48) -> np.ndarray:
-    """A synthetic 'person': a fixed random pattern, plus small noise per photo."""
-    base = np.random.default_rng(seed).integers(0, 255, (8, 8, 3)).astype(np.float32)
-    img = np.kron(base, np.ones((size // 8, size // 8, 1)))
-    noise = np.random.default_rng(1000 * seed + variant).normal(0, 6, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-def _write(path: Path, arr: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
 
 
 def _db(tmp_path: Path, kind: str = "flat", phash: int = -1) -> FaceDB:
@@ -90,12 +76,12 @@ def test_index_search_save_load(tmp_path, kind):
 
 def test_enroll_search_verify_delete(tmp_path):
     db = _db(tmp_path)
-    files = {name: [_write(tmp_path / "in" / f"{name}{v}.png", _person(s, v)) for v in range(3)]
+    files = {name: [write_image(tmp_path / "in" / f"{name}{v}.png", synthetic_person(s, v)) for v in range(3)]
              for s, name in enumerate(["ada", "bob", "cy"])}
     for name, paths in files.items():
         res = db.enroll(name, paths)
         assert [r.status for r in res] == ["added"] * 3
-    probe = _write(tmp_path / "probe.png", _person(1, 99))
+    probe = write_image(tmp_path / "probe.png", synthetic_person(1, 99))
     top = db.search(probe, k=3)[0]
     assert top[0]["identity"] == "bob"
     assert top[0]["distance"] <= top[1]["distance"]
@@ -128,18 +114,18 @@ def test_enroll_search_verify_delete(tmp_path):
 def test_delete_with_hnsw_rebuilds(tmp_path):
     db = _db(tmp_path, kind="hnsw")
     for s, name in enumerate(["ada", "bob"]):
-        db.enroll(name, [_write(tmp_path / f"{name}{v}.png", _person(s, v)) for v in range(2)])
+        db.enroll(name, [write_image(tmp_path / f"{name}{v}.png", synthetic_person(s, v)) for v in range(2)])
     db.delete_identity("ada")
     assert db.index.ntotal == 2
-    assert {m["identity"] for m in db.search(_person(0, 7), k=5)[0]} == {"bob"}
+    assert {m["identity"] for m in db.search(synthetic_person(0, 7), k=5)[0]} == {"bob"}
 
 
 def test_stale_index_is_rebuilt(tmp_path):
     db = _db(tmp_path)
-    db.enroll("ada", [_write(tmp_path / "a.png", _person(0))])
+    db.enroll("ada", [write_image(tmp_path / "a.png", synthetic_person(0))])
     db.close()
     db = FaceDB(tmp_path / "faces.db")
-    db.enroll("bob", [_write(tmp_path / "b.png", _person(1))])  # index not flushed yet ...
+    db.enroll("bob", [write_image(tmp_path / "b.png", synthetic_person(1))])  # index not flushed yet ...
     db.store.close()                                           # ... as if the process died
     db = FaceDB(tmp_path / "faces.db")
     assert db.index.ntotal == 2
@@ -147,9 +133,9 @@ def test_stale_index_is_rebuilt(tmp_path):
 
 def test_near_duplicate_by_phash(tmp_path):
     db = _db(tmp_path, phash=6)
-    a = _write(tmp_path / "a.png", _person(3, 0, size=64))
-    b = _write(tmp_path / "b.png", _person(3, 1, size=64))  # same pattern, new noise
-    c = _write(tmp_path / "c.png", _person(4, 0, size=64))
+    a = write_image(tmp_path / "a.png", synthetic_person(3, 0, size=64))
+    b = write_image(tmp_path / "b.png", synthetic_person(3, 1, size=64))  # same pattern, new noise
+    c = write_image(tmp_path / "c.png", synthetic_person(4, 0, size=64))
     assert db.add_image(a).status == "added"
     assert db.add_image(b).status == "near-duplicate"
     assert db.add_image(c).status == "added"
@@ -159,7 +145,7 @@ def test_ingest_folder_and_csv(tmp_path):
     db = _db(tmp_path)
     for s, name in enumerate(["ada", "bob"]):
         for v in range(2):
-            _write(tmp_path / "people" / name / f"{v}.png", _person(s, v))
+            write_image(tmp_path / "people" / name / f"{v}.png", synthetic_person(s, v))
     (tmp_path / "people" / "bob" / "broken.jpg").write_bytes(b"not an image")
     rep = ingest(db, list_sources(tmp_path / "people", identity_from="folder"), progress=False)
     assert rep.counts["added"] == 4 and rep.counts["failed"] == 1
@@ -167,7 +153,7 @@ def test_ingest_folder_and_csv(tmp_path):
     rep2 = ingest(db, list_sources(tmp_path / "people", identity_from="folder"), progress=False)
     assert rep2.counts["already-done"] == 5 and rep2.counts["added"] == 0
     csv = tmp_path / "list.csv"
-    _write(tmp_path / "x.png", _person(9))
+    write_image(tmp_path / "x.png", synthetic_person(9))
     csv.write_text("path,identity,source,license\nx.png,zed,http://example.org/x.png,CC0\n")
     rep3 = ingest(db, list_sources(csv), progress=False)
     assert rep3.counts["added"] == 1

@@ -14,20 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-
-def _person(seed: int, variant: int = 0, size: int = 48) -> np.ndarray:
-    base = np.random.default_rng(seed).integers(0, 255, (8, 8, 3)).astype(np.float32)
-    img = np.kron(base, np.ones((size // 8, size // 8, 1)))
-    noise = np.random.default_rng(1000 * seed + variant).normal(0, 6, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-def _write(path: Path, arr: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
+from conftest import synthetic_person, write_image
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +59,7 @@ def test_replicas_share_enroll_search_verify_delete(pg_url, tmp_path):
     a = FaceDB.init(pg_url, _cfg(), files_dir=tmp_path / "a")
     b = FaceDB(pg_url, files_dir=tmp_path / "b")   # a second replica on the same database
     assert a.store.pgvector and b.store.pgvector and a.in_sql and b.in_sql
-    photos = {name: [_write(tmp_path / "in" / name / f"{v}.png", _person(s, v)) for v in range(2)]
+    photos = {name: [write_image(tmp_path / "in" / name / f"{v}.png", synthetic_person(s, v)) for v in range(2)]
               for s, name in enumerate(["ada", "bob", "cyd"])}
     assert b.search(photos["ada"][0], k=3) == [[]]            # B's index built while empty
     for name in ("ada", "bob"):
@@ -211,14 +198,14 @@ def test_concurrent_writers_lose_and_duplicate_nothing(pg_url, tmp_path):
 
     writers, per, photos = 3, 3, 2
     FaceDB.init(pg_url, _cfg(), files_dir=tmp_path / "files").close()
-    common = _write(tmp_path / "common.png", _person(999))
+    common = write_image(tmp_path / "common.png", synthetic_person(999))
     jobs = []
     for w in range(writers):
         names = [f"w{w}p{i}" for i in range(per)]
         for i, name in enumerate(names):
             for v in range(photos):
-                _write(tmp_path / "in" / name / f"{v}.png", _person(100 * w + i, v))
-        shared = _write(tmp_path / "shared" / f"{w}.png", _person(500 + w))
+                write_image(tmp_path / "in" / name / f"{v}.png", synthetic_person(100 * w + i, v))
+        shared = write_image(tmp_path / "shared" / f"{w}.png", synthetic_person(500 + w))
         jobs.append((pg_url, str(tmp_path / "files"), str(tmp_path / "in"), names, str(shared), str(common)))
     with mp.get_context("spawn").Pool(writers) as pool:
         results = pool.starmap(_writer, jobs)

@@ -11,20 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-
-def _person(seed: int, variant: int = 0, size: int = 48) -> np.ndarray:
-    base = np.random.default_rng(seed).integers(0, 255, (8, 8, 3)).astype(np.float32)
-    img = np.kron(base, np.ones((size // 8, size // 8, 1)))
-    noise = np.random.default_rng(1000 * seed + variant).normal(0, 6, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-def _write(path: Path, arr: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
+from conftest import synthetic_person, write_image
 
 
 def _pg_bin() -> Path | None:
@@ -86,13 +73,13 @@ def test_postgres_store_roundtrip(pg_url, tmp_path):
     assert db.store.schema_version() == SCHEMA_VERSION
     for s, name in enumerate(["ada", "bob"]):
         for v in range(2):
-            _write(tmp_path / "people" / name / f"{v}.png", _person(s, v))
+            write_image(tmp_path / "people" / name / f"{v}.png", synthetic_person(s, v))
     rep = ingest(db, list_sources(tmp_path / "people", identity_from="folder"), progress=False)
     assert rep.counts["added"] == 4
     assert ingest(db, list_sources(tmp_path / "people", identity_from="folder"), progress=False).counts["already-done"] == 4
     top = db.search(tmp_path / "people" / "bob" / "1.png", k=2)[0]
     assert [m["identity"] for m in top] == ["bob", "bob"] and top[0]["distance"] < 1e-5
-    assert db.verify(_person(0, 5), "ada")["same"]
+    assert db.verify(synthetic_person(0, 5), "ada")["same"]
     ids, vecs = db.store.embeddings(*db.model_key)
     assert vecs.shape == (4, 128) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
     assert db.delete_identity("ada")["embedding_ids"] == 2

@@ -26,7 +26,7 @@ from typing import ClassVar
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from conftest import running
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -67,32 +67,6 @@ def png_header_bomb(width: int, height: int, rows: int = 64) -> bytes:
 
 def up(data: bytes, name: str = "a.png", ctype: str = "image/png"):
     return (name, data, ctype)
-
-
-# -- a server in a thread -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def running(app, wait_ready: bool = True):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{port}"
-    if wait_ready:
-        while httpx.get(base + "/readyz").status_code != 200:
-            assert time.monotonic() < deadline, httpx.get(base + "/readyz").text
-            time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
 
 
 class Srv:

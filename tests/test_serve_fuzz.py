@@ -10,13 +10,9 @@ check is `not_a_server_error`: whatever it sends, the service answers with a 2xx
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import socket
-import threading
-import time
 
 import httpx
 import numpy as np
@@ -24,7 +20,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-import uvicorn
+from conftest import running
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -110,27 +106,6 @@ def _realistic(case, data) -> None:
         case.path_parameters["key_id"] = data.draw(st.sampled_from(["0", *KNOWN["key_id"]]), label="key_id")
 
 
-@contextlib.contextmanager
-def _running(app):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not server.started or httpx.get(base + "/readyz").status_code != 200:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not get ready"
-        time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def fuzz_server(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-fuzz")
@@ -141,7 +116,7 @@ def fuzz_server(tiny_run, tmp_path_factory):
     ks = KeyStore(cfg.keys_path)
     _, secret = ks.add("fuzz", "read,write,admin")
     ks.close()
-    with _running(create_app(cfg)) as base:
+    with running(create_app(cfg)) as base:
         headers = {"X-API-Key": secret}
         for seed, name in enumerate(("ada", "eve"), 1):  # ada may be erased by the fuzz; eve stays
             photo = _image_bytes("PNG", "RGB", 64, 64, seed, False)

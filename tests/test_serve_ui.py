@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import face_image
+from conftest import face_image, running
 from PIL import Image
-from test_serve import person, running
+from test_serve import person
 
 from facelab.facedb.db import FaceDB, FaceDBConfig
 from facelab.serve import ServeConfig, create_app

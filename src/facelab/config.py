@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from facelab.errors import ConfigError
 
@@ -42,3 +45,46 @@ def expand_data_vars(text: str) -> str:
     return os.path.expandvars(text.replace("${FACELAB_DATA}", str(data_root())))
 
 
+
+
+def read_yaml(path: str | Path | None) -> dict[str, Any]:
+    """The mapping in a YAML config file ({} for None); clear errors for a missing or broken file."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{p}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML; list items by index).
+
+    Example:
+        >>> apply_overrides({"optim": {"lr": 0.1}}, ["optim.lr=0.01", "epochs=3"])
+        {'optim': {'lr': 0.01}, 'epochs': 3}
+    """
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = values
+        *parents, leaf = key.strip().split(".")
+        try:
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise TypeError(f"{part} is not a section")
+            if isinstance(node, list):
+                node[int(leaf)] = yaml.safe_load(raw)
+            else:
+                node[leaf] = yaml.safe_load(raw)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise ConfigError(f"override {item!r}: no such setting ({exc})") from exc
+    return values

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from facelab.config import build_dataclass
+from facelab.config import apply_overrides, build_dataclass, read_yaml
 from facelab.errors import ConfigError
 
 KINDS = ("2d", "3d")
@@ -115,21 +115,6 @@ class ClipConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        node = values
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
-    return values
-
-
 def load_clip_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      base: dict[str, Any] | None = None) -> ClipConfig:
     """YAML (or `base`, or defaults) plus `section.key=value` overrides.
@@ -138,14 +123,6 @@ def load_clip_config(path: str | Path | None = None, overrides: list[str] | None
         >>> load_clip_config(None, ["epochs=2", "augment.rotate=30"]).augment.rotate
         30
     """
-    values: dict[str, Any] = dict(base or {})
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    values: dict[str, Any] = read_yaml(path) if path is not None else dict(base or {})
     values = apply_overrides(values, overrides or [])
     return build_dataclass(ClipConfig, values, str(path or "config"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from facelab.config import build_dataclass, expand_data_vars
+from facelab.config import apply_overrides, build_dataclass, expand_data_vars, read_yaml
 from facelab.data.config import DataConfig
 from facelab.errors import ConfigError
 from facelab.models.config import ModelConfig
@@ -81,30 +81,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         >>> cfg.epochs, cfg.optim.lr
         (2, 0.0005)
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        node = values
-        *parents, leaf = key.strip().split(".")
-        try:
-            for part in parents:
-                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-            if isinstance(node, list):
-                node[int(leaf)] = yaml.safe_load(raw)
-            else:
-                node[leaf] = yaml.safe_load(raw)
-        except (ValueError, IndexError, TypeError) as exc:
-            raise ConfigError(f"override {item!r}: no such setting ({exc})") from exc
+    values = apply_overrides(read_yaml(path), overrides)
     cfg = build_dataclass(TrainConfig, values, str(path or "config"))
     for src in cfg.data.sources:
         src.path = expand_data_vars(src.path)
