@@ -43,6 +43,7 @@ def serve(
     cors: list[str] | None = CORS_OPT,
     ssl_certfile: str | None = typer.Option(None, help="TLS certificate (PEM) to serve HTTPS."),
     ssl_keyfile: str | None = typer.Option(None, help="TLS private key (PEM)."),
+    clips_run: str | None = typer.Option(None, "--clips-run", help="Clip run folder (facelab clips train) for POST /v1/clips."),
 ) -> None:
     """Run the service: JSON API under /v1 (OpenAPI at /docs), web page at /, health at
     /healthz and /readyz, Prometheus metrics at /metrics.
@@ -56,7 +57,8 @@ def serve(
 
     cfg = ServeConfig(db=db, run=run, keys=keys, detector=detector, backend=backend,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels,
-                      rate_per_minute=rate, workers=workers, cors_origins=list(cors or []))
+                      rate_per_minute=rate, workers=workers, cors_origins=list(cors or []),
+                      clips_run=clips_run)
     run_server(cfg, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 

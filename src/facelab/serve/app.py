@@ -9,6 +9,8 @@ Routes (JSON unless noted; OpenAPI at /openapi.json, docs at /docs):
   identity match of every face.
 * ``POST /v1/verify`` (read): ``image_a`` and ``image_b`` or ``identity``.
 * ``POST /v1/search`` (read): ``image`` (or ``url``), ``k``, ``face``.
+* ``POST /v1/clips`` (read): ``video`` upload (a short clip); class probabilities from the
+  clip model of ``--clips-run`` (404 when none is loaded).
 * ``GET /v1/identities`` (read), ``GET /v1/identities/{name}`` (read),
   ``GET /v1/identities/{name}/faces/{face_id}/crop`` (read, JPEG),
   ``POST /v1/identities`` (write: ``name`` + ``images``),
@@ -42,7 +44,12 @@ from starlette.exceptions import HTTPException
 from facelab.errors import ConfigError, DataFormatError, FacelabError, ImageDecodeError
 from facelab.serve import schemas as S
 from facelab.serve.config import ServeConfig
-from facelab.serve.images import TooLargeImage, UnsupportedMediaType, check_content_type
+from facelab.serve.images import (
+    TooLargeImage,
+    UnsupportedMediaType,
+    check_content_type,
+    check_video_content_type,
+)
 from facelab.serve.keys import ApiKey, ApiKeyError, KeyStore, sha256_hex
 from facelab.serve.metrics import Metrics
 from facelab.serve.ratelimit import RateLimiter
@@ -191,7 +198,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         description=("Face analysis (boxes, landmarks, mask / gender / age, 18-class id), 1:1 "
                      "verification, 1:N search and identity management over a facelab face "
                      "database. Send an API key in `X-API-Key` (or `Authorization: Bearer`). "
-                     "Scopes: read (analyze, verify, search, identities), write (enroll), "
+                     "Scopes: read (analyze, verify, search, clips, identities), write (enroll), "
                      "admin (delete, keys, audit)."),
         lifespan=lifespan,
     )
@@ -356,6 +363,17 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         """1:N: the k nearest enrolled faces, with distances and the calibrated decision."""
         arr = await image_from(image, url, "image")
         return await blocking(service.search, arr, k, face)
+
+    @app.post("/v1/clips", response_model=S.ClipOut, tags=["clips"], dependencies=upload, responses=ERRORS)
+    async def clips(video: Annotated[UploadFile, File(description="a short video (MP4, AVI, MKV, WebM)")],
+                    key: ApiKey = read):
+        """Classify one short video clip with the clip model of ``--clips-run`` (e.g. fall vs
+        adl): every class's probability, the top label, frames used and the model's run."""
+        check_video_content_type(video.content_type, "video")
+        data = await video.read()
+        if len(data) > config.max_body_bytes:
+            raise TooLargeImage(f"video: over the limit of {config.max_body_bytes} bytes")
+        return await blocking(service.classify_clip, data, "video")
 
     # -- identities ------------------------------------------------------------------------------------
     @app.get("/v1/identities", response_model=S.IdentityList, tags=["identities"], responses=ERRORS)

@@ -35,6 +35,9 @@ class ServeConfig:
         max_k: largest top-k of /v1/search.
         max_enroll_images: most photos in one enrollment request.
         threads: ONNX Runtime / PyTorch threads for the attribute model (None = default).
+        clips_run: a trained clip run folder (or its model.pt) for POST /v1/clips (`facelab
+            clips train`); None = /v1/clips answers 404 "no clip model loaded".
+        max_clip_frames: /v1/clips refuses (413) videos whose container declares more frames.
     """
 
     db: str | None = None
@@ -52,11 +55,14 @@ class ServeConfig:
     max_k: int = 100
     max_enroll_images: int = 20
     threads: int | None = None
+    clips_run: str | None = None
+    max_clip_frames: int = 3000
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r} unknown; use one of {BACKENDS}")
-        for name in ("max_body_bytes", "max_pixels", "workers", "max_k", "max_enroll_images"):
+        for name in ("max_body_bytes", "max_pixels", "workers", "max_k", "max_enroll_images",
+                     "max_clip_frames"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.rate_per_minute < 0:

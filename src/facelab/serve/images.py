@@ -51,6 +51,14 @@ def check_content_type(content_type: str | None, what: str) -> None:
                                    "PNG, WebP, GIF, BMP or TIFF file")
 
 
+def check_video_content_type(content_type: str | None, what: str) -> None:
+    """415 unless the declared type is video/* (or absent / application/octet-stream)."""
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct and ct != "application/octet-stream" and not ct.startswith("video/"):
+        raise UnsupportedMediaType(f"{what}: content type {ct!r} is not a video; send an MP4, "
+                                   "AVI, MKV or WebM file")
+
+
 def check_image_bytes(data: bytes, what: str, max_pixels: int, max_bytes: int | None = None
                       ) -> tuple[int, int]:
     """(width, height) from the header of image bytes, or the error for the first failed check

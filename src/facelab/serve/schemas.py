@@ -142,3 +142,12 @@ class KeyCreated(KeyOut):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+
+
+class ClipOut(BaseModel):
+    run: str = Field(description="the clip model's run folder name")
+    label: str = Field(description="the most probable class")
+    probability: float = Field(description="its probability")
+    probabilities: dict[str, float] = Field(description="every class of the model, summing to 1")
+    frames_used: int = Field(description="segment-centre frames sampled from the clip")
+    seconds: float = Field(description="decode + model time")

@@ -24,7 +24,13 @@ import numpy as np
 from facelab.data.labels import CLASS_NAMES, TASKS
 from facelab.errors import FacelabError
 from facelab.serve.config import ServeConfig
-from facelab.serve.images import check_image_bytes, decode_upload, image_kind
+from facelab.serve.images import (
+    TooLargeImage,
+    UnsupportedMediaType,
+    check_image_bytes,
+    decode_upload,
+    image_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,10 @@ class NotFound(FacelabError):
 
 class Unavailable(FacelabError):
     """The service cannot do this now: models still loading, or no database configured (503)."""
+
+
+class NoClipModel(NotFound):
+    """/v1/clips on a server started without --clips-run (404: the route has nothing to serve)."""
 
 
 def check_identity_name(name: str) -> str:
@@ -62,6 +72,8 @@ class FaceService:
         self.db = None
         self.analyzer = None
         self.run = None
+        self.clips = None  # (ClipModel, ClipConfig, class names) with --clips-run
+        self.clips_lock = threading.Lock()
         self.db_lock = threading.RLock()
         self.load_seconds: float | None = None
         self.error: str | None = None
@@ -85,6 +97,10 @@ class FaceService:
 
                 self.run = AttributeRun.load(cfg.run, backend=cfg.backend, threads=cfg.threads)
                 _ = self.run.backend
+            if cfg.clips_run:
+                from facelab.clips.engine import load_model
+
+                self.clips = load_model(cfg.clips_run)
             self.analyzer = FaceAnalyzer(self._detector(), attributes=self.run, embedder=None)
             warm = np.full((64, 64, 3), 128, np.uint8)
             warm[16:48, 16:48] = 200
@@ -128,6 +144,10 @@ class FaceService:
             out["attributes"] = {"run": Path(self.run.path).parent.name, "backend": self.run.backend_name,
                                  "backbone": self.run.model_config.backbone, "tta": self.run.tta,
                                  "classes": {t: list(CLASS_NAMES[t]) for t in TASKS}}
+        if self.clips is not None:
+            _, ccfg, classes = self.clips
+            out["clips"] = {"run": self.clips_run_name(), "kind": ccfg.model.kind,
+                            "frames": ccfg.sampling.eval_frames, "classes": classes}
         if self.db is not None:
             with self.db_lock:
                 s = self.db.stats()
@@ -334,10 +354,80 @@ class FaceService:
         return {"name": name, "deleted": True, **{k: v for k, v in out.items() if k != "journal_rows"},
                 "journal_rows": out.get("journal_rows", 0)}
 
+    # -- clips -----------------------------------------------------------------------------------
+    def clips_run_name(self) -> str:
+        p = Path(str(self.config.clips_run))
+        return (p.parent if p.is_file() else p).name
+
+    def classify_clip(self, data: bytes, what: str = "video") -> dict[str, Any]:
+        """Class probabilities of one uploaded video (bytes), via a private temporary file.
+
+        415 when PyAV cannot open the bytes or they hold no video stream; 422 (bad_image) when
+        the stream does not decode (corrupt, truncated, zero frames)."""
+        self.check_ready()
+        if self.clips is None:
+            raise NoClipModel("no clip model loaded; start the server with --clips-run")
+        if not data:
+            raise UnsupportedMediaType(f"{what}: empty file; send the video's bytes")
+        from facelab.clips.engine import predict_clips
+        from facelab.clips.video import FrameCache
+        from facelab.errors import ImageDecodeError
+
+        model, ccfg, classes = self.clips
+        tmp = Path(tempfile.mkdtemp(prefix="facelab-clip-"))  # mode 0700, a name we chose
+        try:
+            path = tmp / "upload.bin"
+            with open(path, "xb") as fh:
+                fh.write(data)
+            _probe_video(path, what, self.config.max_clip_frames)
+            t0 = time.perf_counter()
+            with self.clips_lock:  # one clip at a time: torch threads and memory stay bounded
+                probs, bad, _ = predict_clips(model, ccfg, [str(path)],
+                                              cache=FrameCache(ccfg.data.size, tmp, enabled=False))
+            seconds = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if bad or not np.isfinite(probs[0]).all():
+            reason = bad[0][1] if bad else "no prediction"
+            raise ImageDecodeError(f"{what}: " + reason.replace(str(path), "the upload"))
+        p = probs[0].astype(float)
+        top = int(p.argmax())
+        return {"run": self.clips_run_name(), "label": classes[top], "probability": round(float(p[top]), 5),
+                "probabilities": {c: round(float(v), 5) for c, v in zip(classes, p)},
+                "frames_used": int(ccfg.sampling.eval_frames), "seconds": round(seconds, 4)}
+
     def close(self) -> None:
         if self.db is not None:
             with self.db_lock:
                 self.db.close()
+
+
+def _probe_video(path: Path, what: str, max_frames: int) -> None:
+    """UnsupportedMediaType unless PyAV opens the file and finds a video stream in it (a
+    still image that FFmpeg would read as a one-frame video is refused too);
+    TooLargeImage when the container declares more than `max_frames` frames (a long video
+    would be decoded whole), checked before any frame is decoded."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception:  # noqa: BLE001  (whatever PyAV says, the bytes are not a video we take)
+        raise UnsupportedMediaType(f"{what}: not a video PyAV can open; send an MP4, AVI, MKV "
+                                   "or WebM file") from None
+    with container:
+        if not container.streams.video:
+            kinds = ",".join(s.type for s in container.streams) or "none"
+            raise UnsupportedMediaType(f"{what}: no video stream (streams: {kinds})")
+        fmt = container.format.name or ""
+        if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg reads a still image as 1 frame
+            raise UnsupportedMediaType(f"{what}: a still image ({fmt}), not a video")
+        stream = container.streams.video[0]
+        n = int(stream.frames or 0)
+        if not n and stream.duration and stream.time_base and stream.average_rate:
+            n = int(float(stream.duration * stream.time_base) * float(stream.average_rate))
+        if n > max_frames:
+            raise TooLargeImage(f"{what}: {n} frames exceeds the limit of {max_frames}; "
+                                "send a short clip")
 
 
 def face_record(f) -> dict[str, Any]:
