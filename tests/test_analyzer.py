@@ -230,3 +230,20 @@ def test_mobilefacenet_exports_to_onnx_with_parity(tmp_path):
         ref = emb.model(torch.from_numpy(x)).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"faces": x})[0]
     assert np.abs(ref - got).max() < 1e-4
+
+
+def test_face_analyzer_looks_faces_up_in_the_database(tmp_path):
+    from conftest import synthetic_person, write_image
+
+    from facelab.analyze import FaceAnalyzer
+    from facelab.facedb.db import FaceDB, FaceDBConfig
+
+    db = FaceDB.init(tmp_path / "faces.db", FaceDBConfig(embedder="pixels", detector="whole",
+                                                         fallback="whole"))
+    db.enroll("ada", [write_image(tmp_path / "ada0.png", synthetic_person(1, 0))])
+    fa = FaceAnalyzer(None, db=db)
+    (known,) = fa.analyze(synthetic_person(1, 1))
+    (stranger,) = fa.analyze(synthetic_person(7, 0))
+    assert known.identity == "ada" and known.distance < db.threshold
+    assert stranger.identity is None and stranger.nearest == "ada" and stranger.distance > db.threshold
+    assert {"identity", "nearest", "distance"} <= set(known.to_dict())
