@@ -4,6 +4,10 @@ One output row per face (an image with no face gets one row with `faces = 0`); v
 frames are sampled with PyAV every `every` seconds and carry their time. The job is
 resumable: inputs already in the output file are skipped, each input's rows are written and
 flushed together, and unreadable inputs are listed in `<out>.errors.csv`, not fatal.
+
+With `tracks` (a .csv or .jsonl path), faces of a video are tracked across the sampled
+frames (facelab.analyze.tracks): the per-frame rows get a `track` column, one row per track
+goes to `tracks`, and the summary holds each video's mask compliance.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class AnalyzeSummary:
     faces: int = 0
     frames: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    compliance: dict[str, dict] = field(default_factory=dict)  # video -> tracks.compliance
 
 
 class RecordWriter:
@@ -119,8 +124,13 @@ def done_sources(path: Path) -> set[str]:
 def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Path,
                   every: float = 1.0, max_frames: int | None = None,
                   annotate: str | Path | None = None, with_embedding: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> AnalyzeSummary:
+                  progress: Callable[[int, int], None] | None = None,
+                  tracks: str | Path | None = None,
+                  tracker_options: dict | None = None) -> AnalyzeSummary:
     """Analyze every input into `out` (.csv or .jsonl); see the module doc.
+
+    `tracks`: also track faces over each video and write per-track rows there;
+    `tracker_options` go to `facelab.analyze.tracks.FaceTracker` (iou_min, max_gap, ...).
 
     Example:
         >>> fa = FaceAnalyzer("mtcnn", "runs/mt")                      # doctest: +SKIP
@@ -135,6 +145,13 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
         columns += ID_COLUMNS
     if with_embedding:
         columns.append("embedding")
+    track_writer = None
+    if tracks is not None:
+        from facelab.analyze.tracks import track_columns
+
+        columns.insert(columns.index("face") + 1, "track")
+        track_writer = RecordWriter(Path(tracks), track_columns(analyzer.run is not None,
+                                                                analyzer.db is not None))
     done = done_sources(out)
     summary = AnalyzeSummary()
     writer = RecordWriter(out, columns)
@@ -145,18 +162,27 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
                 summary.skipped += 1
             else:
                 try:
-                    rows = _analyze_one(analyzer, path, short, every, max_frames, annotate,
-                                        with_embedding, summary)
+                    tracked = track_writer is not None and is_video(path)
+                    rows, track_rows = _analyze_one(
+                        analyzer, path, short, every, max_frames, annotate, with_embedding,
+                        summary, (tracker_options or {}) if tracked else None)
                 except FacelabError as exc:
                     summary.failed[key] = str(exc)
                     log.warning("%s", exc)
                 else:
                     writer.write(rows)
+                    if track_rows is not None:
+                        from facelab.analyze.tracks import compliance
+
+                        track_writer.write(track_rows)
+                        summary.compliance[key] = compliance(track_rows)
                     summary.done += 1
             if progress:
                 progress(n, len(inputs))
     finally:
         writer.close()
+        if track_writer is not None:
+            track_writer.close()
     if summary.failed:
         err = out.with_name(out.name + ".errors.csv")
         with open(err, "w", newline="", encoding="utf-8") as f:
@@ -169,9 +195,16 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
 def _analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
                  max_frames: int | None,
                  annotate: str | Path | None, with_embedding: bool,
-                 summary: AnalyzeSummary) -> list[dict]:
+                 summary: AnalyzeSummary, tracker_options: dict | None = None
+                 ) -> tuple[list[dict], list[dict] | None]:
+    """Rows of one input, and its per-track rows when `tracker_options` is not None."""
     rows: list[dict] = []
     video_writer = None
+    tracker = observations = None
+    if tracker_options is not None:
+        from facelab.analyze.tracks import FaceTracker, Observation
+
+        tracker, observations = FaceTracker(**tracker_options), []
     try:
         for t, frame in frames_of(path, every, max_frames):
             faces = analyzer.analyze(frame)
@@ -179,11 +212,21 @@ def _analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
             summary.faces += len(faces)
             base = {"source": str(path), "frame_time": "" if t is None else round(t, 3),
                     "faces": len(faces)}
-            records = [{**base, "face": i, **f.to_dict(with_embedding)}
+            ids: list[int] | None = None
+            if tracker is not None:
+                ids = tracker.update([f.face.box for f in faces],
+                                     [f.embedding for f in faces])
+                observations.extend(
+                    Observation(i, float(t), f.face.box,
+                                None if f.attributes is None else f.attributes.probs,
+                                f.identity)
+                    for i, f in zip(ids, faces))
+            records = [{**base, "face": i, **({} if ids is None else {"track": ids[i]}),
+                        **f.to_dict(with_embedding)}
                        for i, f in enumerate(faces)]
             rows.extend(records or [{**base, "face": ""}])
             if annotate is not None:
-                drawn = draw_faces(frame, faces)
+                drawn = draw_faces(frame, faces, ids)
                 if t is None:
                     save_annotated(drawn, short, Path(annotate))
                 else:
@@ -192,17 +235,22 @@ def _analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
     finally:
         if video_writer is not None:
             video_writer.close()
-    return rows
+    if tracker is None:
+        return rows, None
+    from facelab.analyze.tracks import summarize_tracks
+
+    return rows, summarize_tracks(observations, every, str(path))
 
 
-def draw_faces(image: np.ndarray, faces: list[AnalyzedFace]) -> np.ndarray:
-    """The image with each face's box, landmarks and labels drawn on it."""
+def draw_faces(image: np.ndarray, faces: list[AnalyzedFace],
+               tracks: list[int] | None = None) -> np.ndarray:
+    """The image with each face's box, landmarks and labels (and track id) drawn on it."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(image)
     draw = ImageDraw.Draw(img)
     width = max(1, round(max(image.shape[:2]) / 300))
-    for r in faces:
+    for k, r in enumerate(faces):
         x1, y1, x2, y2 = r.face.box
         colour = (40, 200, 40)
         if r.attributes is not None:
@@ -212,7 +260,7 @@ def draw_faces(image: np.ndarray, faces: list[AnalyzedFace]) -> np.ndarray:
         if r.face.landmarks is not None:
             for x, y in np.asarray(r.face.landmarks):
                 draw.ellipse((x - width, y - width, x + width, y + width), fill=colour)
-        parts = []
+        parts = [] if tracks is None else [f"#{tracks[k]}"]
         if r.attributes is not None:
             parts.append(" ".join(r.attributes.labels.values()))
         if r.distance is not None:

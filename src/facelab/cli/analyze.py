@@ -28,6 +28,11 @@ def analyze_cmd(
     max_frames: Optional[int] = typer.Option(None, help="Video: at most this many frames per file."),
     annotate: Optional[Path] = typer.Option(None, help="Write annotated images / videos into this folder."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Also write each face's vector."),
+    tracks: Optional[Path] = typer.Option(None, help="Video: track faces across frames and write "
+                                          "one row per track here (.csv or .jsonl)."),
+    track_iou: float = typer.Option(0.3, help="Tracks: least IoU for a face to continue a track."),
+    track_gap: int = typer.Option(2, help="Tracks: sampled frames a face may be missed before "
+                                  "its track ends."),
 ) -> None:
     """Find every face in photos and videos, with mask state, gender, age and identity.
 
@@ -43,6 +48,8 @@ def analyze_cmd(
         facelab analyze crops/ --detector none --run runs/mt --backend onnx -o crops.jsonl
 
         facelab analyze door_cam/ --db faces.db --out who.csv
+
+        facelab analyze clip.mp4 --run runs/mt --every 0.5 --tracks tracks.csv --annotate ann/
     """
     from facelab.analyze.analyzer import FaceAnalyzer
     from facelab.analyze.batch import analyze_paths
@@ -53,9 +60,14 @@ def analyze_cmd(
                   TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("analyze", total=None)
         summary = analyze_paths(analyzer, paths, out, every, max_frames, annotate, embeddings,
-                                lambda d, n: bar.update(task, completed=d, total=n))
+                                lambda d, n: bar.update(task, completed=d, total=n), tracks,
+                                {"iou_min": track_iou, "max_gap": track_gap})
     typer.echo(f"{out}: {summary.done} input(s) analyzed ({summary.frames} frames, {summary.faces} "
                f"faces), {summary.skipped} already done, {len(summary.failed)} failed")
+    for video, c in summary.compliance.items():
+        share = "n/a (no --run)" if c["share"] is None else f"{c['share']:.1%}"
+        typer.echo(f"{video}: {c['tracks']} track(s), {c['person_seconds']:g} person-seconds, "
+                   f"mask worn correctly {share} ({c['correct_seconds']:g} s)")
     if summary.failed:
         typer.secho(f"failed inputs listed in {out.name}.errors.csv, e.g. "
                     f"{next(iter(summary.failed.values()))}", fg=typer.colors.YELLOW, err=True)
