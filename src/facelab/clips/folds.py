@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from facelab.errors import ConfigError, LeakageError
+from facelab.predict.calibrate import macro_f1
 
 
 def assign_folds(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:
@@ -49,10 +50,6 @@ def check_folds(table: pd.DataFrame, folds: np.ndarray) -> None:
         spread = pd.Series(folds).groupby(table[col].to_numpy()).nunique()
         if (spread > 1).any():
             raise LeakageError(f"{col} {spread[spread > 1].index[0]!r} is split across folds")
-
-
-def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    return float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
 
 
 def bootstrap(y: np.ndarray, pred: np.ndarray, units: np.ndarray, n_classes: int,

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facelab.clips.folds import bootstrap, macro_f1
+from facelab.clips.folds import bootstrap
 from facelab.evaluate.plots import confusion_png
+from facelab.predict.calibrate import macro_f1
 
 
 def write_report(out: str | Path, table: pd.DataFrame, probs: np.ndarray, classes: list[str],
