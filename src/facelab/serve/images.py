@@ -43,20 +43,23 @@ def image_kind(head: bytes) -> str | None:
     return sniff_extension(head)
 
 
+def _check_declared_type(content_type: str | None, what: str, prefix: str, noun: str,
+                         send: str) -> None:
+    """415 unless the declared type starts with `prefix` (or is absent / octet-stream)."""
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct and ct != "application/octet-stream" and not ct.startswith(prefix):
+        raise UnsupportedMediaType(f"{what}: content type {ct!r} is not {noun}; send {send}")
+
+
 def check_content_type(content_type: str | None, what: str) -> None:
     """415 unless the declared type is image/* (or absent / application/octet-stream)."""
-    ct = (content_type or "").split(";")[0].strip().lower()
-    if ct and ct != "application/octet-stream" and not ct.startswith("image/"):
-        raise UnsupportedMediaType(f"{what}: content type {ct!r} is not an image; send a JPEG, "
-                                   "PNG, WebP, GIF, BMP or TIFF file")
+    _check_declared_type(content_type, what, "image/", "an image",
+                         "a JPEG, PNG, WebP, GIF, BMP or TIFF file")
 
 
 def check_video_content_type(content_type: str | None, what: str) -> None:
     """415 unless the declared type is video/* (or absent / application/octet-stream)."""
-    ct = (content_type or "").split(";")[0].strip().lower()
-    if ct and ct != "application/octet-stream" and not ct.startswith("video/"):
-        raise UnsupportedMediaType(f"{what}: content type {ct!r} is not a video; send an MP4, "
-                                   "AVI, MKV or WebM file")
+    _check_declared_type(content_type, what, "video/", "a video", "an MP4, AVI, MKV or WebM file")
 
 
 def check_image_bytes(data: bytes, what: str, max_pixels: int, max_bytes: int | None = None
