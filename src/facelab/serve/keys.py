@@ -23,7 +23,7 @@ import hmac
 import secrets
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,8 +81,7 @@ class ApiKey:
     last_used_at: str | None = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "scopes": self.scopes, "created_at": self.created_at,
-                "revoked_at": self.revoked_at, "last_used_at": self.last_used_at}
+        return asdict(self)
 
 
 class KeyStore:
