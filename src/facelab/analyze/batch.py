@@ -84,12 +84,17 @@ class AnalyzeSummary:
     compliance: dict[str, dict] = field(default_factory=dict)  # video -> tracks.compliance
 
 
+def is_jsonl(path: Path) -> bool:
+    """Whether an output path means JSON Lines (else CSV)."""
+    return path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+
+
 class RecordWriter:
     """Appends records to a CSV (csv module, fixed columns) or JSON Lines file."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
-        self.jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+        self.jsonl = is_jsonl(path)
         new = not path.exists() or path.stat().st_size == 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", newline="", encoding="utf-8")
@@ -116,7 +121,7 @@ def done_sources(path: Path) -> set[str]:
     if not path.exists() or path.stat().st_size == 0:
         return set()
     with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        if is_jsonl(path):
             return {json.loads(line)["source"] for line in f if line.strip()}
         return {row["source"] for row in csv.DictReader(f)}
 
