@@ -48,11 +48,7 @@ def export_onnx(run, path: str | Path | None = None) -> Path:
         PosixPath('runs/mt/model.onnx')
     """
     path = Path(path) if path else default_onnx_path(run)
-    model = run.model_config.build(pretrained="")
-    model.load_state_dict(run.checkpoint["model"])
-    from facelab.models.preprocess import add_eval_center_crop
-
-    wrapper = _ProbsFromPixels(add_eval_center_crop(model, run.center_crop).eval()).eval()
+    wrapper = _ProbsFromPixels(run.model).eval()  # the run's model, eval center crop included
     size = run.settings.size
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     tmp = path.with_name(path.name + ".tmp")
