@@ -114,13 +114,9 @@ class FaceAnalyzer:
     def _detector(detector: Any):
         if detector is None or not isinstance(detector, str):
             return detector
-        from facelab.detect.base import available_detectors, get_detector
+        from facelab.detect.cascade import detector_from_spec
 
-        if detector in available_detectors():
-            return get_detector(detector)
-        from facelab.detect.cascade import CascadeDetector
-
-        return CascadeDetector(detector)  # a cascade spec such as "mtcnn-mask>mtcnn"
+        return detector_from_spec(detector)  # a name, "name(options)" or "a>b" / "a|b"
 
     def _find(self, images: list[np.ndarray]) -> list[list[Face]]:
         if self.detector is None:

@@ -13,24 +13,6 @@ from facelab.cli import app
 log = logging.getLogger(__name__)
 
 
-def _detector(spec: str):
-    """A detector from a spec: "mtcnn", "mtcnn(min_face_size=12)", a cascade "a>b" (first
-    stage that finds faces) or a union "a|b"."""
-    from facelab.detect import get_detector
-    from facelab.detect.cascade import CascadeDetector, parse_spec
-    from facelab.errors import ConfigError
-
-    stages, fallback = parse_spec(spec.replace("|", ">"))
-    if fallback or not stages:
-        raise ConfigError(f"{spec!r}: fallbacks (center/original) apply to cropping, not detection")
-    if len(stages) > 1:
-        return CascadeDetector(spec, name=spec)
-    name, opts = stages[0]
-    det = get_detector(name, **opts)
-    det.name = spec if opts else name
-    return det
-
-
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -62,10 +44,11 @@ def detect_cmd(
     import csv
     import sys
 
+    from facelab.detect.cascade import detector_from_spec
     from facelab.errors import CheckpointError, ConfigError, DataFormatError, WeightsError
     from facelab.io import load_image
 
-    det = _detector(detector)
+    det = detector_from_spec(detector)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(
         ["image", "stage", "score", "x1", "y1", "x2", "y2"]
@@ -173,6 +156,7 @@ def detect_eval_cmd(
 
       facelab detect-eval --boxes ../shared/data/face-mask-detection -d mtcnn -d haar -d "mtcnn-mask>mtcnn"
     """
+    from facelab.detect.cascade import detector_from_spec
     from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_images
     from facelab.errors import ConfigError
 
@@ -189,7 +173,7 @@ def detect_eval_cmd(
     typer.echo(f"{df['image'].nunique()} images, {len(df)} faces ({split} split), IoU {iou}")
     results = []
     for spec in detector:
-        res = evaluate_detector(_detector(spec), df, iou=iou, batch_size=batch_size)
+        res = evaluate_detector(detector_from_spec(spec), df, iou=iou, batch_size=batch_size)
         res.name = spec
         results.append(res)
         if res.failed:

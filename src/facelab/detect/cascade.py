@@ -120,6 +120,25 @@ class CascadeDetector(Detector):
         return out
 
 
+def detector_from_spec(spec: str) -> Detector:
+    """A detector from a spec: "mtcnn", "mtcnn(min_face_size=12)", a cascade "a>b" (first
+    stage that finds faces) or a union "a|b".
+
+    Example:
+        >>> detector_from_spec("mtcnn(min_face_size=12)").name
+        'mtcnn(min_face_size=12)'
+    """
+    stages, fallback = parse_spec(spec.replace("|", ">"))
+    if fallback or not stages:
+        raise ConfigError(f"{spec!r}: fallbacks (center/original) apply to cropping, not detection")
+    if len(stages) > 1:
+        return CascadeDetector(spec, name=spec)
+    name, opts = stages[0]
+    det = get_detector(name, **opts)
+    det.name = spec if opts else name
+    return det
+
+
 def _union(faces: list[Face], iou: float = 0.4) -> list[Face]:
     from facelab.detect.mtcnn import _nms
 
