@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from facelab.detect.dlib_backend import five_from_68
 from facelab.io.image import load_image
 from facelab.masks import MaskRenderer, detect_landmarks68, render
-from facelab.masks.landmarks import LandmarksError, five_of_68
+from facelab.masks.landmarks import LandmarksError
 from facelab.paths import data_root, missing_data
 
 COLUMNS = [
@@ -87,7 +88,7 @@ def main() -> int:
     for r, (img, pts, _label) in enumerate(faces):
         for c, (_name, opts) in enumerate(COLUMNS):
             opts = dict(opts)
-            lm = five_of_68(pts) if opts.pop("five", False) else pts
+            lm = five_from_68(pts) if opts.pop("five", False) else pts
             out = render(img, lm, seed=100 * r + c, **opts)
             tile = Image.fromarray(out).resize((t, t), Image.LANCZOS)
             sheet.paste(tile, (c * t, head + r * t))

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from tests.conftest import run_cli
 
+from facelab.detect.dlib_backend import five_from_68
 from facelab.errors import ConfigError
 from facelab.masks import (
     MEAN_SHAPE68,
@@ -20,7 +21,6 @@ from facelab.masks import (
     to68,
 )
 from facelab.masks.competition import build_competition, class_id
-from facelab.masks.landmarks import five_of_68
 from facelab.types import Face
 
 H, W = 220, 180
@@ -127,7 +127,7 @@ def test_accessories_change_their_own_region() -> None:
 
 
 def test_five_points_fit_the_mean_face() -> None:
-    five = five_of_68(PTS)
+    five = five_from_68(PTS)
     assert np.allclose(to68(five), PTS, atol=0.5)
     out = render(FACE, five, kind="surgical", seed=1)
     assert changed(FACE, out, MOUTH) > 0.95 and changed(FACE, out, "eyes") == 0.0

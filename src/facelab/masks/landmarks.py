@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from facelab.align.align import estimate_similarity
+from facelab.detect.dlib_backend import five_from_68
 from facelab.errors import FacelabError
 
 #: Mean dlib 68-point shape in the ArcFace 112x112 frame: dlib's 68-point predictor on 396
@@ -44,16 +45,6 @@ class LandmarksError(FacelabError):
     """Landmarks are missing, of the wrong shape, or could not be found on a face."""
 
 
-def five_of_68(pts: np.ndarray) -> np.ndarray:
-    """ArcFace-order 5 points (eye centres, nose tip, mouth corners) of a 68-point shape.
-
-    Example:
-        >>> five_of_68(MEAN_SHAPE68).shape
-        (5, 2)
-    """
-    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
-
-
 def to68(landmarks: Any) -> np.ndarray:
     """A (68, 2) float array from 68 points, 5 ArcFace-order points or a detected ``Face``.
 
@@ -64,7 +55,7 @@ def to68(landmarks: Any) -> np.ndarray:
         LandmarksError: no landmarks, a shape other than (68, 2) or (5, 2), or non-finite values.
 
     Example:
-        >>> to68(five_of_68(MEAN_SHAPE68)).shape
+        >>> to68(five_from_68(MEAN_SHAPE68)).shape
         (68, 2)
     """
     if landmarks is not None and hasattr(landmarks, "box") and hasattr(landmarks, "extra"):
@@ -93,7 +84,7 @@ def to68(landmarks: Any) -> np.ndarray:
         return pts.copy()
     if np.linalg.norm(pts[1] - pts[0]) < 1e-6:
         raise LandmarksError("the two eye landmarks coincide; the 5 points are degenerate")
-    m = estimate_similarity(five_of_68(MEAN_SHAPE68), pts)
+    m = estimate_similarity(five_from_68(MEAN_SHAPE68), pts)
     return MEAN_SHAPE68 @ m[:, :2].T + m[:, 2]
 
 
