@@ -86,13 +86,18 @@ class RowDecoder:
 
     def __call__(self, row: pd.Series) -> tuple[np.ndarray, str]:
         """Decode, crop and resize; returns (pixels, stage) where stage names the crop used."""
+        return self.decode(row["path"], row_box(row))
+
+    def decode(self, source, box=None, name: str | None = None) -> tuple[np.ndarray, str]:
+        """`__call__` for a file path or file bytes and an optional face box."""
         s = self.settings
-        box = row_box(row)
+        if name is None:
+            name = str(source) if isinstance(source, (str, Path)) else "<image bytes>"
         if s.crop in ("auto", "box") and box is not None or s.crop == "detect":
-            image = load_image(row["path"])
+            image = load_image(source)
         else:  # whole image: decode JPEGs at reduced scale, the result is resized anyway
-            image = load_image(row["path"], max_side=2 * s.size)
-        return self.from_image(image, box, name=str(row["path"]))
+            image = load_image(source, max_side=2 * s.size)
+        return self.from_image(image, box, name=name)
 
     def from_image(self, image: np.ndarray, box=None, name: str = "<image>") -> tuple[np.ndarray, str]:
         """The same pixels as `__call__` for an image already in memory (RGB uint8 HxWx3) and

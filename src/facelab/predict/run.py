@@ -22,7 +22,6 @@ from facelab.data.cache import PixelCache, RowDecoder
 from facelab.data.config import DataConfig
 from facelab.data.labels import CLASS_NAMES, TASKS, encode_array
 from facelab.errors import CheckpointError, ConfigError
-from facelab.io.image import load_image
 from facelab.models.checkpoint import load_checkpoint
 from facelab.models.config import ModelConfig
 from facelab.models.preprocess import add_eval_center_crop
@@ -181,10 +180,7 @@ class AttributeRun:
         if isinstance(image, np.ndarray):
             pixels, _ = self.decoder.from_image(image, box)
             return pixels
-        name = str(image) if isinstance(image, (str, Path)) else "<image bytes>"
-        whole = box is None and self.settings.crop != "detect"
-        decoded = load_image(image, max_side=2 * self.settings.size if whole else None)
-        return self.decoder.from_image(decoded, box, name)[0]
+        return self.decoder.decode(image, box)[0]
 
     def predict_image(self, image: np.ndarray | str | Path | bytes, face: Face | Any = None
                       ) -> AttributePrediction:
