@@ -188,9 +188,9 @@ def build_competition(labels_csv: str | Path, out: str | Path, *, limit: int = 0
     done_eval: list[tuple[Person, list[str]]] = []
     bar = people
     if progress:
-        from tqdm import tqdm
+        from rich.progress import track  # a declared dependency (tqdm is not)
 
-        bar = tqdm(people, desc="make-competition", unit="person")
+        bar = track(people, description="make-competition")
     try:
         for person in bar:
             evaluated = is_eval(person, seed, eval_fraction)
