@@ -29,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES = ("attributes", "analyze", "detect", "db", "recipes", "serve", "masks", "clips")
+_COMMAND_MODULES = ("attributes", "analyze", "detect", "db", "recipes", "serve", "masks", "clips",
+                    "embed")
 
 
 def _register() -> None:

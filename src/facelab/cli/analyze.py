@@ -20,7 +20,10 @@ def analyze_cmd(
     choose: str = typer.Option("all", help="Faces kept per image: all, largest, central or score."),
     min_score: float = typer.Option(0.0, help="Drop detections below this score."),
     min_size: float = typer.Option(0.0, help="Drop faces narrower than this (pixels)."),
-    embedder: Optional[str] = typer.Option(None, help="Embed faces with this model (e.g. dlib-resnet)."),
+    embedder: Optional[str] = typer.Option(None, help="Embed faces with this model (dlib-resnet, "
+                                           "dlib-student: mask-robust, ...)."),
+    embedder_checkpoint: Optional[Path] = typer.Option(None, help="Weights of a student / "
+                                                       "mobilefacenet embedder (students: bundled by default)."),
     db: Optional[Path] = typer.Option(None, help="Face database for identity lookup (uses its embedder)."),
     backend: str = typer.Option("torch", help="Attribute backend: torch, onnx or onnx-int8."),
     out: Path = typer.Option(Path("faces.csv"), "--out", "-o", help="Output: .csv or .jsonl (one row per face)."),
@@ -54,6 +57,10 @@ def analyze_cmd(
     from facelab.analyze.analyzer import FaceAnalyzer
     from facelab.analyze.batch import analyze_paths
 
+    if embedder and embedder_checkpoint:
+        from facelab.embed.base import get_embedder
+
+        embedder = get_embedder(embedder, checkpoint=str(embedder_checkpoint))
     analyzer = FaceAnalyzer(None if detector == "none" else detector, run, embedder, db,
                             choose, min_score, min_size, backend)
     with Progress(TextColumn("analyze"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -43,7 +43,10 @@ def _json(obj) -> None:
 @db_app.command("init")
 def init(
     db: str = DB_ARG,
-    embedder: str = typer.Option("dlib-resnet", help="Embedding model (dlib-resnet, dlib-resnet-upper, pixels, mobilefacenet)."),
+    embedder: str = typer.Option("dlib-resnet", help="Embedding model (dlib-resnet, dlib-resnet-upper, "
+                                 "dlib-student, mfn-student, mbv2-student, pixels, mobilefacenet)."),
+    embedder_checkpoint: Path | None = typer.Option(
+        None, help="Student / mobilefacenet weights (default for students: the bundled ones)."),
     detector: str = typer.Option("mtcnn", help="Face detector (mtcnn, dlib-hog, dlib-cnn, haar, whole)."),
     fallback: str = typer.Option(
         "skip", help="When no face is detected: skip (no face = no face) or whole (use the whole "
@@ -60,7 +63,9 @@ def init(
     from facelab.facedb.db import FaceDB, FaceDBConfig
     from facelab.facedb.index import IndexConfig
 
-    cfg = FaceDBConfig(embedder=embedder, detector=detector, fallback=fallback, index=IndexConfig(kind=index),
+    opts = {"checkpoint": str(embedder_checkpoint.resolve())} if embedder_checkpoint else {}
+    cfg = FaceDBConfig(embedder=embedder, embedder_options=opts, detector=detector, fallback=fallback,
+                       index=IndexConfig(kind=index),
                        copy_images=copy_images, phash_distance=phash_distance,
                        embedding_distance=embedding_distance)
     with FaceDB.init(db, cfg) as fdb:
@@ -235,7 +240,11 @@ def verify_eval(
     flip: bool = typer.Option(True, help="dlib: average with the mirrored chip."),
     occlude_below: float | None = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
     align: str = typer.Option("shape5", help="dlib chip alignment: shape5, landmarks or eyes."),
-    checkpoint: Path | None = typer.Option(None, help="mobilefacenet: trained checkpoint."),
+    checkpoint: Path | None = typer.Option(None, help="mobilefacenet / *-student: trained checkpoint "
+                                           "(students default to the bundled weights)."),
+    plain: bool = typer.Option(False, help="Also run the plain face_recognition recipe (dlib HOG "
+                               "boxes, dlib 5-point chip, dlib's C++ network, no jitter, no flip) "
+                               "on the same pairs and print both."),
     folds: list[int] | None = typer.Option(None, "--fold", help="Only pairs of these folds (repeatable)."),
     whole_margin: float = typer.Option(0.0, help="Margin (fraction) of the 'whole' detector / fallback box."),
     root: Path | None = typer.Option(None, help="Folder image paths are relative to (default: the CSV's)."),
@@ -244,25 +253,37 @@ def verify_eval(
     """Verification figures on a pairs CSV: accuracy (leave-one-fold-out threshold), ROC AUC,
     TAR@FAR 1% / 0.1%, ROC plot.
 
-    Example: facelab verify-eval ../shared/data/lfw/pairs.csv --out runs/lfw
+    Examples:
+
+      facelab verify-eval ../shared/data/lfw/pairs.csv --out runs/lfw --plain
+
+      facelab verify-eval pairs.csv --embedder dlib-student   # the bundled mask-robust student
     """
     from facelab.embed.base import get_embedder
     from facelab.embed.pipeline import FacePipeline, PipelineConfig
     from facelab.evaluate.verification import run_verify_eval
 
     opts: dict = {}
-    if embedder.startswith("dlib-resnet"):
+    if embedder.startswith("dlib-resnet") or embedder.endswith("-student"):
         opts = {"flip": flip, "align": align}
         if occlude_below is not None:
             opts["occlude_below"] = occlude_below
-    elif embedder == "mobilefacenet":
-        opts = {"checkpoint": str(checkpoint) if checkpoint else None}
+    if embedder == "mobilefacenet" or (embedder.endswith("-student") and checkpoint):
+        opts["checkpoint"] = str(checkpoint) if checkpoint else None
     pcfg = PipelineConfig(detector=detector, largest_only=True, select="central", whole_margin=whole_margin)
-    pipe = FacePipeline(pcfg, get_embedder(embedder, **opts))
-    rep = run_verify_eval(pairs, pipe, out=out, root=root, limit=limit, folds=folds)
-    typer.echo(rep.summary())
-    typer.echo(json.dumps({"images_per_s": round(rep.extra["images_per_s"], 1),
-                           "stages": rep.extra["stages"], "failed": len(rep.failed_images)}))
+    runs = [("facelab", FacePipeline(pcfg, get_embedder(embedder, **opts)))]
+    if plain:  # face_recognition's recipe: HOG (1 upsample), 5-point chip, dlib C++ net, 1 jitter
+        runs.append(("plain face_recognition", FacePipeline(
+            PipelineConfig(detector="dlib-hog", largest_only=True, select="central", fallback="skip"),
+            get_embedder("dlib-resnet", flip=False, net="dlib"))))
+    for name, pipe in runs:
+        sub = (out / name.split()[0]) if (out and len(runs) > 1) else out
+        rep = run_verify_eval(pairs, pipe, out=sub, root=root, limit=limit, folds=folds)
+        prefix = f"{name}: " if len(runs) > 1 else ""
+        typer.echo(prefix + rep.summary())
+        typer.echo(prefix + json.dumps({"images_per_s": round(rep.extra["images_per_s"], 1),
+                                        "embedder": rep.extra["embedder"], "detector": rep.extra["detector"],
+                                        "stages": rep.extra["stages"], "failed": len(rep.failed_images)}))
 
 
 @db_app.command("download")

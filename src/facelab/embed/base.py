@@ -83,10 +83,11 @@ def _load_builtin() -> None:
 
     from facelab.embed import dlib_resnet, pixels  # noqa: F401  (registration side effect)
 
-    try:
-        import_module("facelab.embed.mobilefacenet")
-    except ModuleNotFoundError as exc:
-        if exc.name != "facelab.embed.mobilefacenet":
-            raise
+    for module in ("facelab.embed.mobilefacenet", "facelab.embed.students"):  # need torch
+        try:
+            import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (module, "torch"):
+                raise
 
 

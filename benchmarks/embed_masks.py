@@ -1,0 +1,176 @@
+"""Mask-robust embeddings side by side: dlib vs the distilled students, in one run.
+
+For each model (dlib's ResNet, and every student whose weights are found: the bundled
+``src/facelab/weights/*_student.pt`` or ``--checkpoint KIND=PATH``) it prints:
+
+* LFW dev folds 1-3: accuracy with leave-one-fold-out thresholds;
+* the same LFW pairs with a rendered mask, or a rendered accessory, on the second image;
+* RMFD masked vs unmasked (its 956 pairs, identity folds): accuracy and TAR@FAR 1%;
+* RMFD unmasked vs unmasked (800 random balanced pairs): the ceiling;
+* parameters, and network faces/s (flip TTA included, ONNX Runtime, 2 threads) on this CPU.
+
+Every model gets the same chips: facelab's default pipeline (MTCNN box, central face,
+fallback whole image) then dlib's 5-point chip, cached under $FACELAB_CACHE. Nothing here
+chooses a setting: students were chosen on held-out lfw-train identities.
+
+    OMP_NUM_THREADS=2 python benchmarks/embed_masks.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def detect_chips(paths: list[str], root: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(chips, chip landmarks) for every image, cached."""
+    if cache.is_file():
+        z = np.load(cache)
+        if list(z["paths"]) == paths:
+            return z["chips"], z["landmarks"]
+    from rich.progress import track
+
+    from facelab.embed.chipset import ChipMaker
+    from facelab.embed.dlib_resnet import DlibResNetEmbedder
+    from facelab.embed.pipeline import FacePipeline, PipelineConfig
+    from facelab.io.image import load_image
+
+    pipe = FacePipeline(PipelineConfig(detector="mtcnn", largest_only=True, select="central"),
+                        embedder=object())  # type: ignore[arg-type]  (detection only)
+    chipper = DlibResNetEmbedder()
+    maker = ChipMaker()
+    chips, lms = [], []
+    for p in track(paths, description=f"chips {root.name}"):
+        image = load_image(root / p)
+        chip = chipper.chips(image, pipe.faces(image)[:1])[0]
+        chips.append(chip)
+        lms.append(maker.landmarks_on_chip(chip))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, paths=np.array(paths), chips=np.stack(chips), landmarks=np.stack(lms))
+    return np.stack(chips), np.stack(lms)
+
+
+def occluded(chips: np.ndarray, lms: np.ndarray, what: str) -> np.ndarray:
+    """Each chip with a deterministic rendered mask ("mask") or accessory ("accessory")."""
+    from facelab.masks import MASK_KINDS, RenderSpec, render_spec
+
+    accessories = [("sunglasses",), ("eyeglasses", "cap"), ("scarf",), ("cap",), ("eyeglasses",)]
+    out = []
+    for k, (chip, lm) in enumerate(zip(chips, lms)):
+        if what == "mask":
+            spec = RenderSpec(MASK_KINDS[k % len(MASK_KINDS)], "correct", (), 1000 + k)
+        else:
+            spec = RenderSpec("surgical", "none", accessories[k % len(accessories)], 2000 + k)
+        out.append(render_spec(chip, lm, spec))
+    return np.stack(out)
+
+
+def speed(emb, chips: np.ndarray, repeats: int = 3) -> float:
+    emb.embed_chips(list(chips[:8]))
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        emb.embed_chips(list(chips))
+        best = max(best, len(chips) / (time.perf_counter() - t))
+    return best
+
+
+def main() -> None:
+    from facelab.embed.dlib_resnet import DlibResNetEmbedder
+    from facelab.embed.students import StudentEmbedder, bundled_weights, load_student, count_parameters
+    from facelab.evaluate.verification import evaluate_distances, load_pairs
+    from facelab.paths import cache_root, dataset_dir, missing_data
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", nargs="*", default=[], help="KIND=PATH (dlib, mobilefacenet, mobilenetv2)")
+    ap.add_argument("--speed-chips", type=int, default=256)
+    args = ap.parse_args()
+    for name in ("lfw", "rmfd-masked-faces"):
+        if (why := missing_data(name)):
+            print(f"SKIP: {why}")
+            return
+    lfw_root, rmfd_root = dataset_dir("lfw"), dataset_dir("rmfd-masked-faces")
+    lfw = load_pairs(lfw_root / "pairs.csv")
+    lfw = lfw[lfw["fold"].isin([1, 2, 3])].reset_index(drop=True)
+    rmfd = load_pairs(rmfd_root / "pairs.csv")
+    cache = cache_root() / "embed_masks"
+    lfw_paths = sorted(set(lfw.image_a) | set(lfw.image_b))
+    lfw_chips, lfw_lm = detect_chips(lfw_paths, lfw_root, cache / "lfw_chips.npz")
+    ids = __import__("pandas").read_csv(rmfd_root / "identities.csv")
+    rmfd_paths = sorted(set(rmfd.image_a) | set(rmfd.image_b) | set(ids.image))
+    rmfd_chips, _ = detect_chips(rmfd_paths, rmfd_root, cache / "rmfd_chips.npz")
+    lfw_ix = {p: i for i, p in enumerate(lfw_paths)}
+    rmfd_ix = {p: i for i, p in enumerate(rmfd_paths)}
+    b_rows = sorted({lfw_ix[p] for p in lfw.image_b})
+    views = {what: occluded(lfw_chips[b_rows], lfw_lm[b_rows], what) for what in ("mask", "accessory")}
+    b_pos = {r: k for k, r in enumerate(b_rows)}
+
+    # RMFD unmasked vs unmasked: 400 genuine + 400 impostor random pairs (seed 0)
+    path_id = {p: Path(p).parent.name for p in rmfd_paths}
+    unmasked = [p for p in rmfd_paths if "unmasked_" in Path(p).name]
+    rng = np.random.default_rng(0)
+    a, b = rng.choice(len(unmasked), 20000), rng.choice(len(unmasked), 20000)
+    a, b = a[a != b], b[a != b]
+    same_u = np.array([path_id[unmasked[i]] == path_id[unmasked[j]] for i, j in zip(a, b)])
+    sel = np.concatenate([np.flatnonzero(same_u)[:400], np.flatnonzero(~same_u)[:400]])
+    ua, ub = [rmfd_ix[unmasked[i]] for i in a[sel]], [rmfd_ix[unmasked[j]] for j in b[sel]]
+
+    models = {"dlib": DlibResNetEmbedder()}
+    given = dict(c.split("=", 1) for c in args.checkpoint)
+    for kind in ("dlib", "mobilefacenet", "mobilenetv2"):
+        path = Path(given.get(kind, bundled_weights(kind)))
+        if path.is_file():
+            models[f"{kind}-student"] = StudentEmbedder(kind, path)
+        else:
+            print(f"(no {kind} student at {path}; train one with scripts/distill_students.py)")
+
+    def dist(e, x, y):
+        if e.metric == "cosine":
+            return 1 - (x * y).sum(1)
+        return np.linalg.norm(x - y, axis=1)
+
+    rows = []
+    for name, emb in models.items():
+        t0 = time.perf_counter()
+        ev = emb.embed_chips(list(lfw_chips))
+        ia = np.array([lfw_ix[p] for p in lfw.image_a])
+        ib = np.array([lfw_ix[p] for p in lfw.image_b])
+        same, folds = lfw["same"].to_numpy(), lfw["fold"].to_numpy()
+        r_lfw = evaluate_distances(dist(emb, ev[ia], ev[ib]), same, folds)
+        occ = {}
+        for what, chips in views.items():
+            eo = emb.embed_chips(list(chips))
+            occ[what] = evaluate_distances(dist(emb, ev[ia], eo[[b_pos[i] for i in ib]]), same, folds)
+        er = emb.embed_chips(list(rmfd_chips))
+        ra = np.array([rmfd_ix[p] for p in rmfd.image_a])
+        rb = np.array([rmfd_ix[p] for p in rmfd.image_b])
+        r_mask = evaluate_distances(dist(emb, er[ra], er[rb]), rmfd["same"].to_numpy(), rmfd["fold"].to_numpy())
+        r_unm = evaluate_distances(dist(emb, er[ua], er[ub]), same_u[sel].astype(int), np.arange(len(sel)) % 3)
+        emb.prepare()
+        if name == "dlib":
+            from facelab.embed.dlib_torch import build_model
+            params = count_parameters(build_model())
+        else:
+            params = count_parameters(load_student(emb.checkpoint)[0])
+        fps = speed(emb, lfw_chips[: args.speed_chips])
+        rows.append((name, r_lfw, occ, r_mask, r_unm, params, fps))
+        print(f"{name}: done in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    head = (f"{'model':22s} {'LFW dev':>8s} {'LFW+mask':>9s} {'LFW+acc':>8s} {'RMFD m-u':>9s} "
+            f"{'TAR@1%':>7s} {'RMFD u-u':>9s} {'ratio':>6s} {'params':>10s} {'faces/s':>8s}")
+    print("\n" + head)
+    for name, r_lfw, occ, r_mask, r_unm, params, fps in rows:
+        print(f"{name:22s} {100 * r_lfw.accuracy:7.2f}% {100 * occ['mask'].accuracy:8.2f}% "
+              f"{100 * occ['accessory'].accuracy:7.2f}% {100 * r_mask.accuracy:8.2f}% "
+              f"{100 * r_mask.tar_at_far_1e2:6.1f}% {100 * r_unm.accuracy:8.2f}% "
+              f"{r_mask.accuracy / r_unm.accuracy:6.3f} {params:10,d} {fps:8.1f}")
+    print("\nLFW: folds 1-3, leave-one-fold-out thresholds; LFW+mask / +acc: a rendered mask or "
+          "accessory on image_b; RMFD m-u: masked vs unmasked (956 pairs); ratio = RMFD m-u / u-u; "
+          "faces/s: network only (chips given), flip TTA, ONNX Runtime, this CPU.")
+
+
+if __name__ == "__main__":
+    main()
