@@ -137,6 +137,7 @@ def ingest(
     todo = [s for s in sources if s.key not in done or s.key in failed_before]
     report.counts["already-done"] = len(sources) - len(todo)
     it = track(todo, description="ingesting") if progress and todo else todo
+    saved = 0
     for n, src in enumerate(it, 1):
         try:
             res = db.add_image(src.path, identity=src.identity, source=src.source,
@@ -148,7 +149,8 @@ def ingest(
             report.counts["failed"] += 1
             with db.store.transaction():
                 db.store.journal_mark(src.key, None, "failed", str(exc)[:500], identity=src.identity)
-        if n % flush_every == 0:
+        if n - saved >= db.save_interval(flush_every):
             db.flush()
+            saved = n
     db.flush()
     return report
