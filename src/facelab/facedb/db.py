@@ -224,6 +224,9 @@ class FaceDB:
         self._pipeline = None
         self._index: VectorIndex | PgVectorIndex | None = None
         self._phashes: StoredPhashes | None = None
+        # True: add_image leaves the vector index alone (a worker of a parallel ingest; whoever
+        # runs the job rebuilds the index from the database at the end)
+        self.defer_index = False
         self._dirty = False
         self._lock_depth = 0
         self._pin_dlib_net()
@@ -579,7 +582,8 @@ class FaceDB:
         is stored. ``journal`` is the ingest source key recorded in the same transaction.
         """
         prep = self._prepare(path, identity, face)
-        index = self.index if prep.status == "added" else None  # load before writing: rows added once
+        # load before writing: rows added once
+        index = self.index if prep.status == "added" and not self.defer_index else None
         try:
             with self.store.transaction():
                 res, emb_ids = self._write(prep, identity, source, license, labels, journal)
