@@ -254,3 +254,19 @@ def test_near_duplicate_index_on_postgres(pg_url, tmp_path):
         found += want is not None
     assert found > 60
     db.close()
+
+
+def test_writers_and_readers_at_once_lose_and_duplicate_nothing(pg_server):
+    """benchmarks/pg_concurrency.py at a small size: 2 writer + 2 reader processes on one database."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "pg_concurrency.py"), "--url", pg_server.get_uri(),
+           "--writers", "2", "--readers", "2", "--per-writer", "8", "--common", "3"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no lost or duplicated rows" in proc.stdout
+    assert "added=19" in proc.stdout and "duplicate=3" in proc.stdout   # 2x8 own + 3 common, 3 repeats

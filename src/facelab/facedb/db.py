@@ -507,6 +507,8 @@ class FaceDB:
         if near is not None:
             prep.status, prep.duplicate_of = "near-duplicate", near
             prep.ref_sha = self._sha_of(near)
+            if prep.ref_sha == sha:  # the same bytes, stored by another process since we looked
+                prep.status = "duplicate"
             return prep
         faces = self._detect(prep.image)
         if identity is not None:
