@@ -8,9 +8,12 @@ the wall time of the whole command, and the speedup over the first setting. A se
 PROCS[xTHREADS]: "1x2" is one process with two torch threads, "2" two processes with
 --threads each.
 
+``--synthetic N`` trains on a generated competition-layout set of N people instead (the test
+suite's cartoon faces, tests/conftest.py; no data files needed, ImageNet weights off).
+
 Usage:
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/ddp_speed.py --settings 1 1x2 2
-    python benchmarks/ddp_speed.py --settings 1 2 4 8 --set data.image_size=96   # a bigger box
+    python benchmarks/ddp_speed.py --synthetic 400 --settings 1 2 4 8   # a bigger box, no data
 """
 
 from __future__ import annotations
@@ -49,9 +52,19 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["1", "1x2", "2"], help="PROCS or PROCSxTHREADS")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process unless the setting says")
     ap.add_argument("--set", dest="sets", action="append", default=None, help="extra overrides (key=value)")
+    ap.add_argument("--synthetic", type=int, default=0, help="generated data set of this many people")
     args = ap.parse_args()
     sets = DEFAULT_SET + (args.sets or [])
     root = Path(tempfile.mkdtemp(prefix="facelab-ddp-speed-"))
+    if args.synthetic:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import make_competition
+
+        comp = make_competition(root / "comp", n_people=args.synthetic, n_eval=4)
+        args.config = root / "synthetic.yaml"
+        args.config.write_text(f"data:\n  sources:\n    - {{kind: competition, path: '{comp}'}}\n"
+                               "  val_fraction: 0.1\n  test_fraction: 0.1\n")
+        sets = ["model.pretrained=''", *sets]
     env = {**os.environ, "FACELAB_CACHE": os.environ.get("FACELAB_CACHE", str(root / "cache")),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     # fill the pixel cache once (a run of 0 epochs), so no timed run pays for decoding
