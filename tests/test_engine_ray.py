@@ -15,8 +15,20 @@ import pandas as pd
 import pytest
 from conftest import real_data
 
-ray = pytest.importorskip("ray", reason="Ray not installed (pip install -e '.[ray]')")
-pytest.importorskip("ray.data", reason="Ray Data not installed (pip install -e '.[ray]')")
+
+
+def test_engine_choice_and_missing_ray_are_one_line_errors(monkeypatch):
+    import sys
+
+    from facelab.cli.engines import check_engine
+    from facelab.engine.ray_jobs import connect
+    from facelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown engine 'spark'"):
+        check_engine("spark")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'facelab\[ray\]'"):
+        connect()
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +48,10 @@ def photos(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def cluster():
+    pytest.importorskip("ray", reason="Ray not installed (pip install -e '.[ray]')")
+    pytest.importorskip("ray.data", reason="Ray Data not installed (pip install -e '.[ray]')")
+    import ray
+
     from facelab.engine.ray_jobs import connect
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
