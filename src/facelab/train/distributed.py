@@ -74,7 +74,9 @@ class Distributed:
         if not self.active:
             return model
         convert_batchnorm(model)
-        return nn.parallel.DistributedDataParallel(model)
+        # a process's share may hold no labelled row of some task (mixed data sets): that
+        # head then gets no gradient there, and DDP must not wait for it
+        return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     def sum(self, *values: float) -> list[float]:
         """Element-wise sums over all ranks."""
