@@ -147,7 +147,7 @@ def main() -> None:
     if queries:
         print(f"readers: {queries} searches while writing = {queries / wall:.1f} queries/s, "
               f"p50 {np.percentile(lat, 50):.2f} ms, p95 {np.percentile(lat, 95):.2f} ms "
-              f"({empty} found nothing: database still empty)")
+              f"({empty} returned no hit, e.g. before the first row was stored)")
     checks = {
         "images stored once each": st["images"] == distinct == want_images,
         "one face and one embedding per image": st["faces"] == st["embeddings"] == want_images and orphans == 0,
