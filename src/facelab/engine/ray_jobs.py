@@ -36,9 +36,6 @@ from facelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ACTOR_RESTARTS = -1  # restart dead actors for as long as the job runs ...
-TASK_RETRIES = -1  # ... and redo their batches
-
 
 def connect(address: str | None = None, workers: int | None = None):
     """The ``ray`` module, connected to a cluster (``address``) or to a local instance started
@@ -74,8 +71,10 @@ def _pipeline(ray, items: list[dict], actor: type, kwargs: dict, workers: int | 
     blocks = max(1, -(-len(items) // batch_size))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     pool = ray.data.ActorPoolStrategy(size=_pool(ray, workers, blocks))
+    # Ray Data restarts a dead actor (max_restarts=-1) and redoes its batch (max_task_retries=-1)
+    # by default for actor pools; tests/test_engine_ray.py kills one to hold it to that
     out = ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pandas",
-                         compute=pool, num_cpus=1, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
+                         compute=pool, num_cpus=1)
     return out.iter_rows()
 
 
