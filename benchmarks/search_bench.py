@@ -146,7 +146,12 @@ def pg_database(target: str):
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(base, dbname=name)
+    if "://" in base:  # a URL stays a URL (FaceDB opens postgresql:// URLs, not key=value strings)
+        from urllib.parse import urlsplit, urlunsplit
+
+        url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    else:
+        url = psycopg.conninfo.make_conninfo(base, dbname=name)
     try:
         yield url
     finally:

@@ -224,3 +224,49 @@ def test_concurrent_writers_lose_and_duplicate_nothing(pg_url, tmp_path):
     for w in range(writers):   # every enrollment is found by a reader on the same database
         assert db.search(tmp_path / "in" / f"w{w}p1" / "0.png", k=1)[0][0]["identity"] == f"w{w}p1"
     db.close()
+
+
+def test_near_duplicate_index_on_postgres(pg_url, tmp_path):
+    """The perceptual-hash index on PostgreSQL: same answer as a scan while another replica writes."""
+    from test_facedb_phash import _add_rows, brute, clustered, jitter
+
+    from facelab.facedb.db import FaceDB, FaceDBConfig
+    from facelab.facedb.postgres import PostgresStore
+
+    db = FaceDB.init(pg_url, FaceDBConfig(embedder="pixels", detector="whole", phash_distance=4), files_dir=tmp_path)
+    rng = np.random.default_rng(1)
+    bits = clustered(rng, 400, centres=12)
+    ids = _add_rows(db.store, 0, bits[:200])
+    assert len(db.phash_index.index) == 200
+    other = PostgresStore(pg_url)
+    ids += _add_rows(other, 200, bits[200:])
+    with other.transaction():
+        for i in ids[::5]:
+            other.execute("DELETE FROM images WHERE id = ?", (i,))
+    other.close()
+    rows = db.store.execute("SELECT id, phash FROM images")
+    all_ids = np.array([r[0] for r in rows], np.int64)
+    all_bits = np.array([int(r[1], 16) for r in rows], np.uint64)
+    found = 0
+    for q in np.r_[jitter(rng, bits, 150), rng.integers(0, 2**63, 30, dtype=np.uint64)].tolist():
+        want = brute(all_ids, all_bits, q, 4)
+        assert db._near_duplicate(f"{q:016x}") == want
+        found += want is not None
+    assert found > 60
+    db.close()
+
+
+def test_writers_and_readers_at_once_lose_and_duplicate_nothing(pg_server):
+    """benchmarks/pg_concurrency.py at a small size: 2 writer + 2 reader processes on one database."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "pg_concurrency.py"), "--url", pg_server.get_uri(),
+           "--writers", "2", "--readers", "2", "--per-writer", "8", "--common", "3"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no lost or duplicated rows" in proc.stdout
+    assert "added=19" in proc.stdout and "duplicate=3" in proc.stdout   # 2x8 own + 3 common, 3 repeats

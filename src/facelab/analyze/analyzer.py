@@ -76,6 +76,7 @@ class FaceAnalyzer:
             a Detector object, or None: each image is one face already (face crops).
         attributes: a run folder / checkpoint, an AttributeRun, or None.
         embedder: an embedder name or object, or None (no vectors); ignored with `db`.
+        embedder_options: keyword options for a named embedder (e.g. {"checkpoint": path}).
         db: a FaceDB (or its path) for identity lookup; its own embedder is used.
         choose: which faces to keep: "all" (default), "largest", "central" or "score".
         min_score, min_size: drop detections below this score / narrower than this (px).
@@ -89,7 +90,8 @@ class FaceAnalyzer:
 
     def __init__(self, detector: Any = "mtcnn", attributes: Any = None, embedder: Any = None,
                  db: Any = None, choose: str = "all", min_score: float = 0.0, min_size: float = 0.0,
-                 backend: str = "torch", threads: int | None = None) -> None:
+                 backend: str = "torch", threads: int | None = None,
+                 embedder_options: dict | None = None) -> None:
         self.choose = check_choice(choose)
         self.min_score, self.min_size = float(min_score), float(min_size)
         self.detector = self._detector(detector)
@@ -106,7 +108,7 @@ class FaceAnalyzer:
         elif isinstance(embedder, str):
             from facelab.embed.base import get_embedder
 
-            embedder = get_embedder(embedder)
+            embedder = get_embedder(embedder, **(embedder_options or {}))
         self.embedder = embedder
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, cumulative
 

@@ -13,6 +13,7 @@ goes to `tracks`, and the summary holds each video's mask compliance.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -104,12 +105,16 @@ class RecordWriter:
                 self.writer.writeheader()
 
     def write(self, rows: list[dict]) -> None:
-        for row in rows:
-            if self.jsonl:
-                self.file.write(json.dumps(row) + "\n")
-            else:
-                self.writer.writerow({k: json.dumps(v) if isinstance(v, list) else v
-                                      for k, v in row.items()})
+        """Append rows with one write call (an input's rows land together or, if the process
+        dies in the call, as a torn last line at worst) and flush."""
+        if self.jsonl:
+            text = "".join(json.dumps(row) + "\n" for row in rows)
+        else:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, self.columns, extrasaction="ignore")
+            w.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+            text = buf.getvalue()
+        self.file.write(text)
         self.file.flush()
 
     def close(self) -> None:
@@ -126,6 +131,66 @@ def done_sources(path: Path) -> set[str]:
         return {row["source"] for row in csv.DictReader(f)}
 
 
+def output_columns(attributes: bool, identities: bool, with_embedding: bool, tracked: bool) -> list[str]:
+    """Columns of the per-face output for an analyzer with / without attributes and a database."""
+    columns = list(BASE_COLUMNS)
+    if attributes:
+        columns += attribute_columns()
+    if identities:
+        columns += ID_COLUMNS
+    if with_embedding:
+        columns.append("embedding")
+    if tracked:
+        columns.insert(columns.index("face") + 1, "track")
+    return columns
+
+
+class ResultSink:
+    """Where each input's result goes: its rows (written and flushed together), its track rows
+    and compliance, or its error; shared by the local and the Ray engine. Inputs already in
+    the output (a resumed run) or already written in this run are not written again."""
+
+    def __init__(self, out: Path, columns: list[str], tracks: str | Path | None,
+                 attributes: bool, identities: bool) -> None:
+        self.out = out
+        self.summary = AnalyzeSummary()
+        self.done = done_sources(out)
+        self.writer = RecordWriter(out, columns)
+        self.track_writer = None
+        if tracks is not None:
+            from facelab.analyze.tracks import track_columns
+
+            self.track_writer = RecordWriter(Path(tracks), track_columns(attributes, identities))
+
+    def add(self, key: str, rows: list[dict], track_rows: list[dict] | None) -> None:
+        if key in self.done:
+            return
+        self.writer.write(rows)
+        if track_rows is not None and self.track_writer is not None:
+            from facelab.analyze.tracks import compliance
+
+            self.track_writer.write(track_rows)
+            self.summary.compliance[key] = compliance(track_rows)
+        self.done.add(key)
+        self.summary.done += 1
+
+    def fail(self, key: str, error: str) -> None:
+        self.summary.failed[key] = error
+        log.warning("%s", error)
+
+    def close(self) -> AnalyzeSummary:
+        self.writer.close()
+        if self.track_writer is not None:
+            self.track_writer.close()
+        if self.summary.failed:
+            err = self.out.with_name(self.out.name + ".errors.csv")
+            with open(err, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["source", "error"])
+                w.writerows(self.summary.failed.items())
+        return self.summary
+
+
 def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Path,
                   every: float = 1.0, max_frames: int | None = None,
                   annotate: str | Path | None = None, with_embedding: bool = False,
@@ -136,6 +201,7 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
 
     `tracks`: also track faces over each video and write per-track rows there;
     `tracker_options` go to `facelab.analyze.tracks.FaceTracker` (iou_min, max_gap, ...).
+    On a Ray cluster: :func:`facelab.engine.ray_jobs.analyze_on_ray`.
 
     Example:
         >>> fa = FaceAnalyzer("mtcnn", "runs/mt")                      # doctest: +SKIP
@@ -143,61 +209,33 @@ def analyze_paths(analyzer: FaceAnalyzer, paths: list[str | Path], out: str | Pa
     """
     out = Path(out)
     inputs = list_inputs(paths)
-    columns = list(BASE_COLUMNS)
-    if analyzer.run is not None:
-        columns += attribute_columns()
-    if analyzer.db is not None:
-        columns += ID_COLUMNS
-    if with_embedding:
-        columns.append("embedding")
-    track_writer = None
-    if tracks is not None:
-        from facelab.analyze.tracks import track_columns
-
-        columns.insert(columns.index("face") + 1, "track")
-        track_writer = RecordWriter(Path(tracks), track_columns(analyzer.run is not None,
-                                                                analyzer.db is not None))
-    done = done_sources(out)
-    summary = AnalyzeSummary()
-    writer = RecordWriter(out, columns)
+    attributes, identities = analyzer.run is not None, analyzer.db is not None
+    columns = output_columns(attributes, identities, with_embedding, tracks is not None)
+    sink = ResultSink(out, columns, tracks, attributes, identities)
+    summary = sink.summary
     try:
         for n, (path, short) in enumerate(inputs, 1):
             key = str(path)
-            if key in done:
+            if key in sink.done:
                 summary.skipped += 1
             else:
                 try:
-                    tracked = track_writer is not None and is_video(path)
-                    rows, track_rows = _analyze_one(
+                    tracked = tracks is not None and is_video(path)
+                    rows, track_rows = analyze_one(
                         analyzer, path, short, every, max_frames, annotate, with_embedding,
                         summary, (tracker_options or {}) if tracked else None)
                 except FacelabError as exc:
-                    summary.failed[key] = str(exc)
-                    log.warning("%s", exc)
+                    sink.fail(key, str(exc))
                 else:
-                    writer.write(rows)
-                    if track_rows is not None:
-                        from facelab.analyze.tracks import compliance
-
-                        track_writer.write(track_rows)
-                        summary.compliance[key] = compliance(track_rows)
-                    summary.done += 1
+                    sink.add(key, rows, track_rows)
             if progress:
                 progress(n, len(inputs))
     finally:
-        writer.close()
-        if track_writer is not None:
-            track_writer.close()
-    if summary.failed:
-        err = out.with_name(out.name + ".errors.csv")
-        with open(err, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["source", "error"])
-            w.writerows(summary.failed.items())
+        sink.close()
     return summary
 
 
-def _analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
+def analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
                  max_frames: int | None,
                  annotate: str | Path | None, with_embedding: bool,
                  summary: AnalyzeSummary, tracker_options: dict | None = None

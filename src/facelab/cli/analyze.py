@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from facelab.cli import app
+from facelab.cli.engines import ADDRESS_OPT, ENGINE_OPT, WORKERS_OPT, check_engine
 
 
 @app.command("analyze")
@@ -36,6 +37,9 @@ def analyze_cmd(
     track_iou: float = typer.Option(0.3, help="Tracks: least IoU for a face to continue a track."),
     track_gap: int = typer.Option(2, help="Tracks: sampled frames a face may be missed before "
                                   "its track ends."),
+    engine: str = ENGINE_OPT,
+    address: Optional[str] = ADDRESS_OPT,
+    workers: Optional[int] = WORKERS_OPT,
 ) -> None:
     """Find every face in photos and videos, with mask state, gender, age and identity.
 
@@ -53,22 +57,31 @@ def analyze_cmd(
         facelab analyze door_cam/ --db faces.db --out who.csv
 
         facelab analyze clip.mp4 --run runs/mt --every 0.5 --tracks tracks.csv --annotate ann/
+
+        facelab analyze crawl/ --run runs/mt --engine ray --workers 8 -o faces.csv
     """
-    from facelab.analyze.analyzer import FaceAnalyzer
     from facelab.analyze.batch import analyze_paths
 
-    if embedder and embedder_checkpoint:
-        from facelab.embed.base import get_embedder
-
-        embedder = get_embedder(embedder, checkpoint=str(embedder_checkpoint))
-    analyzer = FaceAnalyzer(None if detector == "none" else detector, run, embedder, db,
-                            choose, min_score, min_size, backend)
+    options = {"detector": None if detector == "none" else detector, "attributes": run,
+               "embedder": embedder, "db": db, "choose": choose, "min_score": min_score,
+               "min_size": min_size, "backend": backend,
+               "embedder_options": {"checkpoint": str(embedder_checkpoint)} if embedder_checkpoint else None}
+    tracker = {"iou_min": track_iou, "max_gap": track_gap}
     with Progress(TextColumn("analyze"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("analyze", total=None)
-        summary = analyze_paths(analyzer, paths, out, every, max_frames, annotate, embeddings,
-                                lambda d, n: bar.update(task, completed=d, total=n), tracks,
-                                {"iou_min": track_iou, "max_gap": track_gap})
+        progress = lambda d, n: bar.update(task, completed=d, total=n)  # noqa: E731
+        if check_engine(engine) == "ray":
+            from facelab.engine.ray_jobs import analyze_on_ray
+
+            options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+            summary = analyze_on_ray(options, paths, out, every, max_frames, annotate, embeddings,
+                                     progress, tracks, tracker, address, workers)
+        else:
+            from facelab.analyze.analyzer import FaceAnalyzer
+
+            summary = analyze_paths(FaceAnalyzer(**options), paths, out, every, max_frames, annotate,
+                                    embeddings, progress, tracks, tracker)
     typer.echo(f"{out}: {summary.done} input(s) analyzed ({summary.frames} frames, {summary.faces} "
                f"faces), {summary.skipped} already done, {len(summary.failed)} failed")
     for video, c in summary.compliance.items():

@@ -19,21 +19,45 @@ def train_cmd(
     out: Path = typer.Option(Path("runs/attributes"), "--out", "-o", help="Run folder."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. --set optim.lr=0.0005"),
     resume: bool = typer.Option(True, help="Continue from OUT/last.pt when it exists."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun + DistributedDataParallel, gloo); "
+                              "each trains on batch_size/nproc rows of every batch."),
 ) -> None:
     """Train a mask / gender / age classifier; checkpoints, logs and config go to OUT.
 
     Example:
 
         facelab train -c configs/multitask.yaml -o runs/mt --set epochs=3 --set data.image_size=112
+
+        facelab train -c configs/multitask.yaml -o runs/mt --nproc 2 --set threads=1   # 2 processes
     """
+    import os
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch ourselves under torchrun
+        import subprocess
+
+        from facelab.train.distributed import launch_command
+
+        args = ["train", "-o", str(out), "--resume" if resume else "--no-resume"]
+        args += ["-c", str(config)] if config else []
+        for s in set_:
+            args += ["--set", s]
+        raise typer.Exit(subprocess.call(launch_command(nproc, args)))
+
     from facelab.train.config import load_config
+    from facelab.train.distributed import Distributed
     from facelab.train.trainer import fit
 
     cfg = load_config(config, set_)
-    result = fit(cfg, out, resume=resume)
-    console.print(f"best epoch {result.best_epoch}, validation score {result.best_val.get('score', 0):.4f}, "
-                  f"{result.train_images_per_s:.1f} train img/s, {result.wall_s:.0f} s")
-    console.print(f"checkpoint: {out / 'best.pt'}  (next: facelab evaluate {out})")
+    dist = Distributed.from_env()
+    try:
+        result = fit(cfg, out, resume=resume, dist=dist)
+    finally:
+        dist.close()
+    if dist.main:
+        procs = f" on {dist.world} processes" if dist.active else ""
+        console.print(f"best epoch {result.best_epoch}, validation score {result.best_val.get('score', 0):.4f}, "
+                      f"{result.train_images_per_s:.1f} train img/s{procs}, {result.wall_s:.0f} s")
+        console.print(f"checkpoint: {out / 'best.pt'}  (next: facelab evaluate {out})")
 
 
 @app.command("evaluate")

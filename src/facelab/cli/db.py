@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from facelab.cli import app
+from facelab.cli.engines import ADDRESS_OPT, ENGINE_OPT, WORKERS_OPT, check_engine
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX2 probe is noise
 
@@ -81,12 +82,23 @@ def ingest_cmd(
     retry_failed: bool = typer.Option(False, help="Retry files that failed in an earlier run."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     face: str | None = FACE_OPT,
+    engine: str = ENGINE_OPT,
+    address: str | None = ADDRESS_OPT,
+    workers: int | None = WORKERS_OPT,
 ) -> None:
     """Add a folder or CSV of images (resumable: rerun after a crash to finish).
 
-    Exits 1 when every file it tried failed.
+    Exits 1 when every file it tried failed. With --engine ray the files go through a Ray
+    actor pool (models loaded once per worker) writing to the same database; see
+    docs/distributed.md.
 
-    Example: facelab db ingest faces.db people/ --identity-from folder
+    Examples:
+
+        facelab db ingest faces.db people/ --identity-from folder
+
+        facelab db ingest faces.db crawl/ --engine ray --workers 8
+
+        facelab db ingest postgresql://db-host/faces crawl.csv --engine ray --address ray://head:10001
     """
     from facelab.errors import DataFormatError
     from facelab.facedb.db import check_face_choice
@@ -97,7 +109,12 @@ def ingest_cmd(
     if not sources:
         raise DataFormatError(f"{target}: no image files found (extensions .jpg .png .bmp .webp .tif .gif)")
     with _open(db) as fdb:
-        rep = ingest(fdb, sources, retry_failed, progress, face=choice)
+        if check_engine(engine) == "ray":
+            from facelab.engine.ray_jobs import ingest_on_ray
+
+            rep = ingest_on_ray(fdb, sources, retry_failed, choice, progress, address, workers)
+        else:
+            rep = ingest(fdb, sources, retry_failed, progress, face=choice)
     typer.echo(rep.summary())
     for path, err in rep.failed:
         typer.echo(f"failed\t{path}\t{err}", err=True)

@@ -35,6 +35,7 @@ import numpy as np
 from facelab.detect.select import CHOICES
 from facelab.errors import ConfigError, DataFormatError, ImageDecodeError
 from facelab.facedb.index import IndexConfig, PgVectorIndex, VectorIndex, ids_checksum
+from facelab.facedb.phash_index import StoredPhashes
 from facelab.facedb.store import (
     DatabaseError,
     FaceRecord,
@@ -51,6 +52,7 @@ FACE_CHOICES = CHOICES  # facelab.detect.select: largest, central, score, all
 CONFIG_VERSION = 2  # 2: fallback is an explicit choice ("skip" by default)
 MIN_WHOLE_SIDE = 16  # a whole-image "face" smaller than this (pixels) is no face
 MIN_WHOLE_STD = 2.0  # ... and so is a flat (blank) one
+PG_ID_LOOKBACK = 256  # PostgreSQL ids may commit out of order: re-read this many below the highest
 
 
 class NoFaceError(DataFormatError):
@@ -221,6 +223,10 @@ class FaceDB:
         self.files = self.path.parent / (self.path.stem + ".files")
         self._pipeline = None
         self._index: VectorIndex | PgVectorIndex | None = None
+        self._phashes: StoredPhashes | None = None
+        # True: add_image leaves the vector index alone (a worker of a parallel ingest; whoever
+        # runs the job rebuilds the index from the database at the end)
+        self.defer_index = False
         self._dirty = False
         self._lock_depth = 0
         self._pin_dlib_net()
@@ -409,6 +415,16 @@ class FaceDB:
                 self._index.save(self.index_path, {"model": "{}:{}".format(*self.model_key)})
                 self._dirty = False
 
+    def save_interval(self, every: int = 200) -> int:
+        """Images between index saves in a bulk ingest: ``every``, or 1% of the FAISS index
+        when that is more, so the cost of saving (proportional to the index) per image stays
+        flat as the database grows. The saved index is a cache (a stale one is rebuilt from
+        the database on open), so saving less often loses nothing."""
+        idx = self._index
+        if idx is None or idx.shared:
+            return every
+        return max(every, idx.ntotal // 100)
+
     def close(self) -> None:
         self.flush()
         self.store.close()
@@ -491,6 +507,8 @@ class FaceDB:
         if near is not None:
             prep.status, prep.duplicate_of = "near-duplicate", near
             prep.ref_sha = self._sha_of(near)
+            if prep.ref_sha == sha:  # the same bytes, stored by another process since we looked
+                prep.status = "duplicate"
             return prep
         faces = self._detect(prep.image)
         if identity is not None:
@@ -566,7 +584,8 @@ class FaceDB:
         is stored. ``journal`` is the ingest source key recorded in the same transaction.
         """
         prep = self._prepare(path, identity, face)
-        index = self.index if prep.status == "added" else None  # load before writing: rows added once
+        # load before writing: rows added once
+        index = self.index if prep.status == "added" and not self.defer_index else None
         try:
             with self.store.transaction():
                 res, emb_ids = self._write(prep, identity, source, license, labels, journal)
@@ -585,18 +604,21 @@ class FaceDB:
             self._dirty = True
         return res
 
+    @property
+    def phash_index(self) -> StoredPhashes:
+        """The near-duplicate index over stored perceptual hashes (built from the database on
+        first use, then kept current; see :mod:`facelab.facedb.phash_index`)."""
+        if self._phashes is None or self._phashes.index.radius != self.config.phash_distance:
+            lookback = PG_ID_LOOKBACK if self.store.backend == "postgres" else 0
+            self._phashes = StoredPhashes(self.store, self.config.phash_distance, lookback)
+        return self._phashes
+
     def _near_duplicate(self, phash: str | None) -> int | None:
+        """The stored image whose perceptual hash is closest to ``phash`` within
+        ``phash_distance`` bits (lowest id on ties), or None: an index lookup, not a scan."""
         if phash is None or self.config.phash_distance < 0:
             return None
-        known = self.store.phashes()
-        if not known:
-            return None
-        ids = np.array([k[0] for k in known])
-        bits = np.array([int(k[1], 16) for k in known], dtype=np.uint64)
-        diff = np.bitwise_xor(bits, np.uint64(int(phash, 16)))
-        ham = np.unpackbits(diff.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
-        best = int(np.argmin(ham))
-        return int(ids[best]) if ham[best] <= self.config.phash_distance else None
+        return self.phash_index.nearest(phash)
 
     def _embedding_duplicate(self, identity: str, vec: np.ndarray) -> bool:
         d = self.store.identity_distance(identity, *self.model_key, vec, self.pipeline.embedder.metric)

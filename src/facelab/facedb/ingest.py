@@ -132,23 +132,38 @@ def ingest(
     from rich.progress import track
 
     report = IngestReport()
-    done = db.store.journal_sources()
-    failed_before = db.store.journal_sources("failed") if retry_failed else set()
-    todo = [s for s in sources if s.key not in done or s.key in failed_before]
+    todo = pending(db, sources, retry_failed)
     report.counts["already-done"] = len(sources) - len(todo)
     it = track(todo, description="ingesting") if progress and todo else todo
+    saved = 0
     for n, src in enumerate(it, 1):
-        try:
-            res = db.add_image(src.path, identity=src.identity, source=src.source,
-                               license=src.license, journal=src.key, face=face)
-            report.counts[res.status] += 1
-        except (FacelabError, OSError) as exc:
-            log.warning("skipping %s: %s", src.path, exc)
-            report.failed.append((str(src.path), str(exc)))
-            report.counts["failed"] += 1
-            with db.store.transaction():
-                db.store.journal_mark(src.key, None, "failed", str(exc)[:500], identity=src.identity)
-        if n % flush_every == 0:
+        status, error = ingest_one(db, src, face)
+        report.counts[status] += 1
+        if error is not None:
+            report.failed.append((str(src.path), error))
+        if n - saved >= db.save_interval(flush_every):
             db.flush()
+            saved = n
     db.flush()
     return report
+
+
+def pending(db: FaceDB, sources: list[Source], retry_failed: bool = False) -> list[Source]:
+    """The sources not yet in the ingest journal (plus the failed ones, with ``retry_failed``)."""
+    done = db.store.journal_sources()
+    failed_before = db.store.journal_sources("failed") if retry_failed else set()
+    return [s for s in sources if s.key not in done or s.key in failed_before]
+
+
+def ingest_one(db: FaceDB, src: Source, face: str | int | None = None) -> tuple[str, str | None]:
+    """Add one source with its journal row; returns (status, error or None). A file that
+    cannot be used is journaled as "failed" with the error, not raised."""
+    try:
+        res = db.add_image(src.path, identity=src.identity, source=src.source,
+                           license=src.license, journal=src.key, face=face)
+        return res.status, None
+    except (FacelabError, OSError) as exc:
+        log.warning("skipping %s: %s", src.path, exc)
+        with db.store.transaction():
+            db.store.journal_mark(src.key, None, "failed", str(exc)[:500], identity=src.identity)
+        return "failed", str(exc)

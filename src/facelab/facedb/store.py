@@ -141,8 +141,18 @@ class FaceStore(ABC):
         rows = self.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,))
         return int(rows[0][0]) if rows else None
 
-    def phashes(self) -> list[tuple[int, str]]:
-        return [(int(r[0]), r[1]) for r in self.execute("SELECT id, phash FROM images WHERE phash IS NOT NULL")]
+    def phashes(self, after: int = 0) -> list[tuple[int, str]]:
+        """[(image id, perceptual hash)] of images with a hash and an id above ``after``, by id."""
+        rows = self.execute("SELECT id, phash FROM images WHERE id > ? AND phash IS NOT NULL ORDER BY id",
+                            (int(after),))
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def existing_images(self, ids: list[int]) -> set[int]:
+        """The ids among ``ids`` that are still stored images."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {int(r[0]) for r in self.execute(f"SELECT id FROM images WHERE id IN ({marks})", tuple(ids))}
 
     def add_image(self, image: ImageRecord, faces: list[FaceRecord]) -> tuple[int, list[int]]:
         """Insert an image with its faces/vectors/labels (call inside :meth:`transaction`).

@@ -32,6 +32,7 @@ from facelab.train.augment import add_eval_center_crop, augment, center_crop, to
 from facelab.train.averaging import WeightAverager
 from facelab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from facelab.train.config import TrainConfig
+from facelab.train.distributed import Distributed
 from facelab.train.losses import MultiTaskLoss, balanced_class_weights
 from facelab.train.mixing import mix_batch, mixed_targets
 from facelab.train.optim import create_optimizer, create_scheduler, steps_per_batch
@@ -56,20 +57,33 @@ def prepare_for(cfg: TrainConfig, progress=None) -> PreparedData:
     return cfg.data.prepare(progress=progress)
 
 
-def _progress() -> Progress:
+def _progress(show: bool = True) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True, disable=not show)
 
 
 class Trainer:
-    """Runs one training configuration into `out_dir` (config.yaml, last.pt, best.pt, logs)."""
+    """Runs one training configuration into `out_dir` (config.yaml, last.pt, best.pt, logs).
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None):
+    Under torchrun (``facelab train --nproc N``) each process trains on its share of every
+    global batch in DistributedDataParallel (see :mod:`facelab.train.distributed`); rank 0
+    writes the files.
+    """
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
+                 dist: Distributed | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.dist = dist or Distributed.from_env()
+        if self.dist.active:
+            self.dist.check_batch(cfg.batch_size)
+            if cfg.model.margin != "none":
+                raise ConfigError(f"model.margin={cfg.model.margin} is not supported with several processes "
+                                  "(the margin head bypasses DistributedDataParallel); train it with --nproc 1")
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = data
+        self.ddp = None  # the model as trained: DistributedDataParallel around it on several processes
         self._val_probs = None  # the last validation predictions (none without a val split)
 
     def _seed(self, epoch: int) -> torch.Generator:
@@ -91,6 +105,7 @@ class Trainer:
         self._lr_mults = [g["lr"] / cfg.optim.lr for g in opt.param_groups]
         sched = create_scheduler(opt, cfg.optim, steps, cfg.epochs)
         self.averager = WeightAverager(model, cfg.swa, cfg.ema, steps)
+        self.ddp = self.dist.wrap(model)
         weights = None
         if cfg.loss.class_weights == "balanced":
             idx = self.data.indices("train")
@@ -151,13 +166,15 @@ class Trainer:
             sched = None  # plateau: stepped once per epoch on the validation score
         task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_steps, info="")
         total, seen, t0 = 0.0, 0, time.perf_counter()
+        part = self.dist.shard(cfg.batch_size)  # this process's rows of each global batch
         for step in range(n_steps):
             idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            x = augment(to_tensor(self.data.cache.pixels[idx], cfg.channels_last), cfg.augment, gen)
-            y = {t: torch.from_numpy(self.data.targets[t][idx]) for t in TASKS}
+            # every rank augments the whole global batch (same generator) and keeps its share
+            x = augment(to_tensor(self.data.cache.pixels[idx], cfg.channels_last), cfg.augment, gen)[part]
+            y = {t: torch.from_numpy(self.data.targets[t][idx[part]]) for t in TASKS}
             if self._age_soft is not None:
-                y["age_soft"] = torch.from_numpy(self._age_soft[idx])
-            loss = self._batch_loss(model, x, y, gen, loss_fn)
+                y["age_soft"] = torch.from_numpy(self._age_soft[idx[part]])
+            loss = self._batch_loss(self.ddp, x, y, gen, loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -169,6 +186,7 @@ class Trainer:
             rate = seen / (time.perf_counter() - t0)
             bar.update(task, advance=1, info=f"loss {total / seen:.3f} {rate:.0f} img/s")
         bar.remove_task(task)
+        total = self.dist.sum(total)[0] / self.dist.world  # mean over ranks of the shard losses
         return total / max(1, seen), seen / max(1e-9, time.perf_counter() - t0)
 
     def validate(self, model, split: str = "val") -> dict:
@@ -206,18 +224,23 @@ class Trainer:
         `stop_after` ends this call after that many epochs (a time-boxed session); a later
         call with resume=True continues exactly where it stopped.
         """
-        cfg, t_start = self.cfg, time.perf_counter()
+        cfg, t_start, main = self.cfg, time.perf_counter(), self.dist.main
         tune_allocator()  # no page faults on big blocks every step (see facelab.runtime)
-        cfg.save(self.out / "config.yaml")
-        with _progress() as bar:
+        if main:
+            cfg.save(self.out / "config.yaml")
+        with _progress(main) as bar:
             if self.data is None:
                 task = bar.add_task("caching images", total=None, info="")
-                self.data = prepare_for(cfg, lambda d, n: bar.update(task, completed=d, total=n))
+                for turn in (True, False):  # rank 0 fills the pixel cache, the others then read it
+                    if main == turn:
+                        self.data = prepare_for(cfg, lambda d, n: bar.update(task, completed=d, total=n))
+                    self.dist.barrier()
                 bar.remove_task(task)
             if cfg.data.corrections:
                 self._apply_corrections()
-            write_split(self.data, self.out / "split.csv")
-            self.data.bad_images().to_csv(self.out / "bad_images.csv", index=False)
+            if main:
+                write_split(self.data, self.out / "split.csv")
+                self.data.bad_images().to_csv(self.out / "bad_images.csv", index=False)
             model, opt, sched, loss_fn = self._build()
             state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": -1, "history": [], "stale": 0}
             if resume and (self.out / "last.pt").is_file():
@@ -229,10 +252,12 @@ class Trainer:
                 sched.load_state_dict(ckpt["scheduler"])
                 state = ckpt["state"]
                 log.info("resumed %s at epoch %d", self.out, state["epoch"])
-            else:
+            elif main:
                 self._clear_previous_run()
-            self._rewrite_log(state["history"])  # rows after last.pt's epoch are dropped
-            writer = self._tensorboard()
+            if main:
+                self._rewrite_log(state["history"])  # rows after last.pt's epoch are dropped
+            writer = self._tensorboard() if main else None
+            self.dist.barrier()  # nobody reads last.pt while rank 0 may still remove it
             rates, best_probs = [], None
             last = cfg.epochs if stop_after is None else min(cfg.epochs, state["epoch"] + stop_after)
             while state["epoch"] < last:
@@ -257,16 +282,19 @@ class Trainer:
                 if improved:
                     state.update(best_score=val["score"], best_epoch=epoch + 1, stale=0, best_val=val)
                     best_probs = self._val_probs
-                    save_checkpoint(self.out / "best.pt", self._payload(model, state))
+                    if main:
+                        save_checkpoint(self.out / "best.pt", self._payload(model, state))
                 elif eligible:
                     state["stale"] += 1
                 extra = {}
                 if self.averager.kind:  # "model" holds the average; keep what resume needs
                     extra = {"raw_model": model.state_dict(), "averager": self.averager.state_dict()}
-                save_checkpoint(self.out / "last.pt", {
-                    **self._payload(model, state), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "rng": rng_state(), **extra})
-                self._log(record, writer)
+                if main:
+                    save_checkpoint(self.out / "last.pt", {
+                        **self._payload(model, state), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "rng": rng_state(), **extra})
+                    self._log(record, writer)
+                self.dist.barrier()  # every epoch ends with last.pt written
                 log.info("epoch %d: loss %.4f, %.1f img/s, val %s%s", epoch + 1, train_loss, rate,
                          summary_line(val), " (best)" if improved else "")
                 if cfg.patience and state["stale"] >= cfg.patience:
@@ -274,8 +302,9 @@ class Trainer:
                     break
             if writer:
                 writer.close()
-            if cfg.calibrate:
+            if cfg.calibrate and main:
                 self._calibrate(best_probs)
+            self.dist.barrier()
         return FitResult(self.out, state["best_epoch"], state.get("best_val", {}), state["history"],
                          float(np.mean(rates)) if rates else 0.0, time.perf_counter() - t_start)
 
@@ -332,6 +361,6 @@ class Trainer:
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
-        data: PreparedData | None = None) -> FitResult:
+        data: PreparedData | None = None, dist: Distributed | None = None) -> FitResult:
     """Train one configuration. Example: ``fit(load_config("configs/multitask.yaml"), "runs/mt")``."""
-    return Trainer(cfg, out_dir, data).fit(resume)
+    return Trainer(cfg, out_dir, data, dist).fit(resume)
