@@ -87,6 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", nargs="*", default=[], help="KIND=PATH (dlib, mobilefacenet, mobilenetv2)")
     ap.add_argument("--speed-chips", type=int, default=256)
+    ap.add_argument("--embeddings-out", type=Path, default=None,
+                    help="folder for <model>_lfw.npz (paths + vectors) for benchmarks/search_bench.py --lfw")
     args = ap.parse_args()
     for name in ("lfw", "rmfd-masked-faces"):
         if (why := missing_data(name)):
@@ -136,6 +138,9 @@ def main() -> None:
     for name, emb in models.items():
         t0 = time.perf_counter()
         ev = emb.embed_chips(list(lfw_chips))
+        if args.embeddings_out:
+            args.embeddings_out.mkdir(parents=True, exist_ok=True)
+            np.savez(args.embeddings_out / f"{name}_lfw.npz", paths=np.array(lfw_paths), vectors=ev)
         ia = np.array([lfw_ix[p] for p in lfw.image_a])
         ib = np.array([lfw_ix[p] for p in lfw.image_b])
         same, folds = lfw["same"].to_numpy(), lfw["fold"].to_numpy()
