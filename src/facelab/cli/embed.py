@@ -19,7 +19,7 @@ embed_app = typer.Typer(
           "../shared/data/utkface/labels.csv:utkface --out runs/chips.npz\n\n"
           "  facelab embed-train distill runs/chips.npz --student mobilefacenet --out runs/mfn\n\n"
           "  facelab verify-eval ../shared/data/lfw/pairs.csv --embedder mfn-student "
-          "--embedder-checkpoint runs/mfn/best.pt"),
+          "--checkpoint runs/mfn/best.pt"),
     no_args_is_help=True,
 )
 app.add_typer(embed_app, name="embed-train")
