@@ -191,34 +191,67 @@ def detect_eval_cmd(
 @app.command("detect-train")
 def detect_train_cmd(
     boxes: Path = typer.Option(..., help="boxes.csv (image,x1,y1,x2,y2,label) or its folder."),
-    out: Path = typer.Option(Path("runs/detect/mtcnn-mask.pt"), help="Checkpoint to write."),
-    install: bool = typer.Option(
-        False, help="Also copy it to $FACELAB_CACHE/weights/mtcnn-mask.pt (the default weights)."
+    arch: str = typer.Option(
+        "mtcnn-mask", help="mtcnn-mask (fine-tune MTCNN) or ssd-mbv2 (single-shot MobileNetV2)."
     ),
-    min_face_size: float = typer.Option(10.0, help="Smallest face searched for (pixels)."),
+    out: Path | None = typer.Option(None, help="Checkpoint to write [runs/detect/<arch>.pt]."),
+    install: bool = typer.Option(
+        False, help="Also copy it to $FACELAB_CACHE/weights/<arch>.pt (the default weights)."
+    ),
+    min_face_size: float = typer.Option(10.0, help="mtcnn-mask: smallest face searched for (px)."),
     precision_target: float = typer.Option(0.9, help="Validation precision the threshold aims at."),
+    size: int = typer.Option(480, help="ssd-mbv2: training crop and inference input side (px)."),
+    epochs: int = typer.Option(60, help="ssd-mbv2: passes over the training images."),
+    batch_size: int = typer.Option(16, help="ssd-mbv2: crops per step."),
+    lr: float = typer.Option(2e-3, help="ssd-mbv2: AdamW peak learning rate."),
+    workers: int = typer.Option(0, help="ssd-mbv2: data-loading worker processes."),
+    device: str = typer.Option("", help="ssd-mbv2: cpu or cuda (default: cuda when available)."),
+    landmarks: Path | None = typer.Option(
+        None, help="ssd-mbv2: CSV caching MTCNN landmark targets [<out>.landmarks.csv]."
+    ),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Fine-tune MTCNN on masked faces; the test split (by image hash) is never used.
+    """Train a detector on masked faces; the test split (by image hash) is never read.
 
-    Example:
+    Examples:
 
       facelab detect-train --boxes ../shared/data/face-mask-detection --install
+
+      facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --epochs 60 --threads 2
     """
     import shutil
 
-    from facelab.detect.mtcnn import default_mask_weights
-    from facelab.detect.train import DetectTrainConfig, train_detector
+    from facelab.errors import ConfigError
 
-    cfg = DetectTrainConfig(
-        boxes=str(boxes), out=str(out), min_face_size=min_face_size,
-        precision_target=precision_target, threads=threads, seed=seed,
-    )  # fmt: skip
-    meta = train_detector(cfg)
-    typer.echo(json.dumps({k: v for k, v in meta.items() if k != "config"}, indent=1))
-    if install:
+    if arch == "mtcnn-mask":
+        from facelab.detect.mtcnn import default_mask_weights
+        from facelab.detect.train import DetectTrainConfig, train_detector
+
+        out = out or Path("runs/detect/mtcnn-mask.pt")
+        cfg = DetectTrainConfig(
+            boxes=str(boxes), out=str(out), min_face_size=min_face_size,
+            precision_target=precision_target, threads=threads, seed=seed,
+        )  # fmt: skip
+        meta = train_detector(cfg)
         dest = default_mask_weights()
+    elif arch == "ssd-mbv2":
+        from facelab.detect.ssd import default_ssd_weights
+        from facelab.detect.ssd_train import SSDTrainConfig, train_ssd
+
+        out = out or Path("runs/detect/ssd-mbv2.pt")
+        cfg = SSDTrainConfig(
+            boxes=str(boxes), out=str(out), size=size, epochs=epochs, batch_size=batch_size,
+            lr=lr, workers=workers, device=device, landmarks=str(landmarks or ""),
+            precision_target=precision_target, threads=threads, seed=seed,
+        )  # fmt: skip
+        meta = train_ssd(cfg)
+        dest = default_ssd_weights()
+    else:
+        raise ConfigError(f"--arch must be mtcnn-mask or ssd-mbv2, got {arch!r}")
+    skip = ("config", "history", "train_image_names")
+    typer.echo(json.dumps({k: v for k, v in meta.items() if k not in skip}, indent=1))
+    if install:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, dest)
         typer.echo(f"installed as {dest}")
