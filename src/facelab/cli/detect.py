@@ -201,7 +201,9 @@ def detect_train_cmd(
     min_face_size: float = typer.Option(10.0, help="mtcnn-mask: smallest face searched for (px)."),
     precision_target: float = typer.Option(0.9, help="Validation precision the threshold aims at."),
     size: int = typer.Option(480, help="ssd-mbv2: training crop and inference input side (px)."),
-    epochs: int = typer.Option(60, help="ssd-mbv2: passes over the training images."),
+    crop: int = typer.Option(256, help="ssd-mbv2: training crop side, px (0 = --size)."),
+    freeze: int = typer.Option(4, help="ssd-mbv2: MobileNetV2 blocks kept frozen."),
+    epochs: int = typer.Option(18, help="ssd-mbv2: passes over the training images."),
     batch_size: int = typer.Option(16, help="ssd-mbv2: crops per step."),
     lr: float = typer.Option(2e-3, help="ssd-mbv2: AdamW peak learning rate."),
     workers: int = typer.Option(0, help="ssd-mbv2: data-loading worker processes."),
@@ -241,7 +243,8 @@ def detect_train_cmd(
 
         out = out or Path("runs/detect/ssd-mbv2.pt")
         cfg = SSDTrainConfig(
-            boxes=str(boxes), out=str(out), size=size, epochs=epochs, batch_size=batch_size,
+            boxes=str(boxes), out=str(out), size=size, crop=crop, freeze=freeze, epochs=epochs,
+            batch_size=batch_size, save_every=1,
             lr=lr, workers=workers, device=device, landmarks=str(landmarks or ""),
             precision_target=precision_target, threads=threads, seed=seed,
         )  # fmt: skip

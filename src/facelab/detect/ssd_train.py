@@ -46,7 +46,9 @@ class SSDTrainConfig:
     Attributes:
         boxes: boxes CSV or a folder holding boxes.csv.
         out: checkpoint to write.
-        size: training crop side and inference letterbox side, pixels.
+        size: inference letterbox side, pixels (training scales are relative to it).
+        crop: training crop side (0 = ``size``); smaller crops train faster at the same scale.
+        freeze: MobileNetV2 feature blocks kept frozen (ImageNet weights, BN statistics).
         epochs: passes over the training images.
         batch_size: crops per step.
         lr: AdamW peak learning rate (cosine decay, linear warm-up).
@@ -68,7 +70,9 @@ class SSDTrainConfig:
     boxes: str = ""
     out: str = f"runs/detect/{ARCH}.pt"
     size: int = 480
-    epochs: int = 60
+    crop: int = 256
+    freeze: int = 4
+    epochs: int = 18
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -166,9 +170,9 @@ def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: S
     """
     import cv2
 
-    T = cfg.size
+    T = cfg.crop or cfg.size
     h, w = image.shape[:2]
-    s = T / max(h, w) * math.exp(rng.uniform(math.log(cfg.scale_min), math.log(cfg.scale_max)))
+    s = cfg.size / max(h, w) * math.exp(rng.uniform(math.log(cfg.scale_min), math.log(cfg.scale_max)))
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
     im = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     ox = int(rng.integers(0, nw - T + 1)) if nw > T else -int(rng.integers(0, T - nw + 1))
@@ -237,7 +241,7 @@ class _Crops:
 
     def __init__(self, samples: list, cfg: SSDTrainConfig) -> None:
         self.samples, self.cfg = samples, cfg
-        self.anchors = anchors_for(cfg.size, cfg.size)
+        self.anchors = anchors_for(cfg.crop or cfg.size, cfg.crop or cfg.size)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -341,7 +345,11 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         )  # fmt: skip
         net = build_model(fpn=cfg.fpn, pretrained=True).to(device)
         net = net.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        frozen = [m for s in net.stages for m in s][: cfg.freeze]
+        for p in (p for m in frozen for p in m.parameters()):
+            p.requires_grad_(False)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps = max(1, cfg.epochs * len(loader))
         warm = min(300, steps // 10 + 1)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -362,6 +370,8 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
             for epoch in range(cfg.epochs):
                 data.epoch = epoch
                 net.train()
+                for m in frozen:
+                    m.eval()
                 sums, n = {"loss": 0.0, "cls": 0.0, "box": 0.0, "lm": 0.0}, 0
                 for x, labels, tbox, tlm, lmask in loader:
                     x = x.to(device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
@@ -369,7 +379,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
                     loss, parts = ssd_loss(net(x), *tgt)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+                    torch.nn.utils.clip_grad_norm_(params, 10.0)
                     opt.step()
                     sched.step()
                     sums["loss"] += float(loss.detach())
