@@ -149,12 +149,19 @@ def detect_eval_cmd(
     out: Path | None = typer.Option(
         None, help="Also write the table (.md) and numbers (.json)."
     ),
+    photos: list[Path] = typer.Option(
+        [], help="Folder of single-face photos (e.g. utkface, rmfd-masked-faces); repeat for several."
+    ),
+    photos_limit: int = typer.Option(300, help="Evenly spaced photos per --photos folder (0 = all)."),
 ) -> None:
-    """Recall per class and face size, precision and speed of detectors on a boxes CSV.
+    """Recall per class and face size, precision and speed of detectors on a boxes CSV, and
+    (with --photos) found-face rate and framing on single-face photo folders.
 
-    Example:
+    Examples:
 
       facelab detect-eval --boxes ../shared/data/face-mask-detection -d mtcnn -d haar -d "mtcnn-mask>mtcnn"
+
+      facelab detect-eval --boxes ../shared/data/face-mask-detection -d ssd-mbv2 -d ssd-mbv2-onnx -d mtcnn --threads 2 --photos ../shared/data/utkface
     """
     from facelab.detect.cascade import detector_from_spec
     from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_images
@@ -186,6 +193,30 @@ def detect_eval_cmd(
         out.with_suffix(".md").write_text(table + "\n")
         rows = [dict(r.row(labels, min_size), stages=r.stage_counts) for r in results]
         out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    if photos:
+        _photo_tables(photos, photos_limit, detector, batch_size, out)
+
+
+def _photo_tables(folders: list[Path], limit: int, specs: list[str], batch_size: int,
+                  out: Path | None) -> None:
+    from facelab.detect.cascade import detector_from_spec
+    from facelab.detect.evaluate import evaluate_photos, format_photo_table, sample_photos
+
+    report = {}
+    for folder in folders:
+        files = sample_photos(folder, limit)
+        typer.echo(f"\n{folder}: {len(files)} single-face photos")
+        results = []
+        for spec in specs:
+            res = evaluate_photos(detector_from_spec(spec), files, batch_size=batch_size)
+            res.name = spec
+            results.append(res)
+        table = format_photo_table(results)
+        typer.echo(table)
+        report[str(folder)] = table
+    if out:
+        text = "\n\n".join(f"{k}\n\n{v}" for k, v in report.items())
+        out.with_suffix(".photos.md").write_text(text + "\n")
 
 
 @app.command("detect-train")

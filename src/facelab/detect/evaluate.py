@@ -254,3 +254,112 @@ def format_table(results: list[EvalResult], labels: list[str], min_size: float =
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@dataclass
+class PhotoResult:
+    """Detection on single-face photos (close-ups, one face each, no box annotations).
+
+    ``found`` = share of photos with at least one face; ``extra`` = share with more than one;
+    the box figures describe the best-scoring face relative to the photo: ``width`` = median
+    box width / photo width, ``centred`` = share whose box centre lies in the photo's middle
+    third (both ways), the framing these data sets were cropped to.
+    """
+
+    name: str
+    images: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    counts: list = field(default_factory=list)
+    widths: list = field(default_factory=list)
+    centred: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+    def row(self) -> dict:
+        n = max(len(self.counts), 1)
+        c = np.asarray(self.counts)
+        return {
+            "detector": self.name,
+            "found": float((c >= 1).sum() / n),
+            "extra": float((c > 1).sum() / n),
+            "width": float(np.median(self.widths)) if self.widths else float("nan"),
+            "centred": float(np.mean(self.centred)) if self.centred else float("nan"),
+            "images/s": self.images / self.seconds if self.seconds else float("nan"),
+            "images/cpu-s": self.images / self.cpu_seconds if self.cpu_seconds else float("nan"),
+        }
+
+
+def sample_photos(folder: str | Path, limit: int = 0) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); ``limit`` > 0 keeps an evenly spaced
+    subset of that many, the same on every run.
+
+    Example:
+        >>> len(sample_photos("data/utkface", 300))  # doctest: +SKIP
+        300
+    """
+    from facelab.io import is_image_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(f"photo folder {folder} not found; pass a folder of face photos")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise DataFormatError(f"{folder} holds no image files")
+    if limit and len(files) > limit:
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit)]
+    return files
+
+
+def evaluate_photos(
+    detector: Detector, files: list[Path], *, batch_size: int = 8, progress: bool = True
+) -> PhotoResult:
+    """Run a detector over single-face photos; see :class:`PhotoResult` for the figures.
+
+    Example:
+        >>> res = evaluate_photos(get_detector("mtcnn"), sample_photos("utkface", 300))  # doctest: +SKIP
+        >>> res.row()["found"]  # doctest: +SKIP
+    """
+    from facelab.io import load_image
+
+    res = PhotoResult(name=detector.name)
+    detector.prepare()
+    with _progress(progress, f"photos {detector.name}") as bar:
+        task = bar.add_task(detector.name, total=len(files)) if bar else None
+        for start in range(0, len(files), batch_size):
+            images = []
+            for path in files[start : start + batch_size]:
+                try:
+                    images.append(load_image(path))
+                except FacelabError as exc:
+                    res.failed.append(f"{path}: {exc}")
+            t0, c0 = time.perf_counter(), time.process_time()
+            found = detector.detect_batch(images) if images else []
+            res.seconds += time.perf_counter() - t0
+            res.cpu_seconds += time.process_time() - c0
+            for im, faces in zip(images, found):
+                res.counts.append(len(faces))
+                if faces:
+                    h, w = im.shape[:2]
+                    x1, y1, x2, y2 = max(faces, key=lambda f: f.score).box
+                    cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+                    res.widths.append((x2 - x1) / w)
+                    res.centred.append(bool(1 / 3 <= cx <= 2 / 3 and 1 / 3 <= cy <= 2 / 3))
+            res.images += len(images)
+            if bar:
+                bar.advance(task, min(batch_size, len(files) - start))
+    return res
+
+
+def format_photo_table(results: list[PhotoResult]) -> str:
+    """A Markdown table of :meth:`PhotoResult.row` for several detectors.
+
+    Example:
+        >>> print(format_photo_table([]).splitlines()[0])
+        | detector | found | extra | width | centred | images/s | images/cpu-s |
+    """
+    cols = ["detector", "found", "extra", "width", "centred", "images/s", "images/cpu-s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in (res.row() for res in results):
+        cells = [r["detector"]] + [f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}" for c in cols[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
