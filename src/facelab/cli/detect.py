@@ -139,7 +139,9 @@ def detect_eval_cmd(
         ["mtcnn"], "--detector", "-d", help="Detector or cascade spec; repeat for several."
     ),
     split: str = typer.Option(
-        "test", help="test | train | all: the image-hash split detect-train uses (test = held out)."
+        "test", help="test | train | val | fit | all: the image-hash split detect-train uses (test = "
+        "held out; val = the training split's validation images, where thresholds and the "
+        "default detector are chosen)."
     ),
     limit: int | None = typer.Option(None, help="Only the first N images (quick looks)."),
     min_size: float = typer.Option(32.0, help="Face-width bucket edge in pixels."),
@@ -164,16 +166,11 @@ def detect_eval_cmd(
       facelab detect-eval --boxes ../shared/data/face-mask-detection -d ssd-mbv2 -d ssd-mbv2-onnx -d mtcnn --threads 2 --photos ../shared/data/utkface
     """
     from facelab.detect.cascade import detector_from_spec
-    from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_images
-    from facelab.errors import ConfigError
+    from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_rows
 
     _threads(threads)
     df = read_boxes(boxes)
-    if split != "all":
-        if split not in ("test", "train"):
-            raise ConfigError(f"--split must be test, train or all, got {split!r}")
-        side = split_images(df["image"].unique())
-        df = df[df["image"].map(side) == split]
+    df = split_rows(df, split)
     if limit:
         df = df[df["image"].isin(list(dict.fromkeys(df["image"]))[:limit])]
     labels = sorted(df["label"].unique(), key=lambda s: (s != "with_mask", s))

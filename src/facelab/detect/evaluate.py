@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from facelab.detect.base import Detector
-from facelab.errors import DataFormatError, FacelabError
+from facelab.errors import ConfigError, DataFormatError, FacelabError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,34 @@ def split_images(images, test_fraction: float = 0.25, seed: str = "facelab-detec
         h = hashlib.sha1(f"{seed}:{Path(str(name)).name}".encode()).digest()
         out[name] = "test" if int.from_bytes(h[:4], "big") / 2**32 < test_fraction else "train"
     return out
+
+
+SPLITS = ("test", "train", "fit", "val", "all")
+
+
+def split_rows(df: pd.DataFrame, part: str, test_fraction: float = 0.25,
+               val_fraction: float = 0.2) -> pd.DataFrame:
+    """Rows of a boxes frame in one part of the image-hash split: "test" (held out), "train"
+    (the rest), "val" (the training part's validation images, by a second hash), "fit"
+    (train minus val: what detectors learn from) or "all".
+
+    Example:
+        >>> df = pd.DataFrame({"image": [f"i{k}.jpg" for k in range(40)]})
+        >>> len(split_rows(df, "fit")) + len(split_rows(df, "val")) == len(split_rows(df, "train"))
+        True
+    """
+    if part not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {part!r}")
+    if part == "all":
+        return df
+    side = split_images(df["image"].unique(), test_fraction)
+    if part == "test":
+        return df[df["image"].map(side) == "test"]
+    df = df[df["image"].map(side) == "train"]
+    if part == "train":
+        return df
+    val_side = split_images(df["image"].unique(), val_fraction, seed="facelab-val")
+    return df[df["image"].map(val_side) == ("test" if part == "val" else "train")]
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

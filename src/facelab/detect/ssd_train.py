@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.detect.evaluate import iou_matrix, read_boxes, split_images
+from facelab.detect.evaluate import iou_matrix, read_boxes, split_rows
 from facelab.detect.ssd import (
     ARCH,
     FLIP_LANDMARKS,
@@ -97,11 +97,8 @@ def training_split(df, cfg: SSDTrainConfig):
     Example:
         >>> fit, val = training_split(read_boxes("boxes.csv"), SSDTrainConfig())  # doctest: +SKIP
     """
-    side = split_images(df["image"].unique(), cfg.test_fraction)
-    train_df = df[df["image"].map(side) == "train"]
-    val_side = split_images(train_df["image"].unique(), cfg.val_fraction, seed="facelab-val")
-    fit = train_df[train_df["image"].map(val_side) == "train"]
-    val = train_df[train_df["image"].map(val_side) == "test"]
+    fit = split_rows(df, "fit", cfg.test_fraction, cfg.val_fraction)
+    val = split_rows(df, "val", cfg.test_fraction, cfg.val_fraction)
     if cfg.limit:
         fit = fit[fit["image"].isin(sorted(fit["image"].unique())[: cfg.limit])]
     if fit.empty or val.empty:
