@@ -70,9 +70,9 @@ class SSDTrainConfig:
     boxes: str = ""
     out: str = f"runs/detect/{ARCH}.pt"
     size: int = 480
-    crop: int = 256
+    crop: int = 224
     freeze: int = 4
-    epochs: int = 18
+    epochs: int = 12
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
