@@ -77,7 +77,7 @@ def analyze_cmd(
 
 @app.command("export")
 def export_cmd(
-    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn' or "
+    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn', 'ssd-mbv2' or "
                                  "'mtcnn-mask' (detector nets); or a MobileFaceNet .pt checkpoint."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file or folder (default: "
@@ -85,7 +85,7 @@ def export_cmd(
     int8: bool = typer.Option(False, "--int8", help="Attribute runs: also write an int8 model "
                               "(<run>/model.int8.onnx) calibrated on training-split crops."),
     calib_images: int = typer.Option(512, help="Training crops used to calibrate int8 ranges."),
-    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask: its fine-tuned weights file."),
+    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask / ssd-mbv2: its weights file."),
 ) -> None:
     """Export a trained model to ONNX and check it against PyTorch.
 
@@ -99,6 +99,8 @@ def export_cmd(
         facelab export runs/mt --format onnx --int8
 
         facelab export mtcnn -o onnx/mtcnn
+
+        facelab export ssd-mbv2 -o ssd-mbv2.onnx
 
         facelab export runs/mfn/best.pt -o mfn.onnx
     """
@@ -115,6 +117,14 @@ def export_cmd(
         gaps = parity(det, paths)
         for key, path in paths.items():
             typer.echo(f"{key}: {path} (max |PyTorch - ONNX Runtime| {gaps[key]:.2e})")
+        return
+    if target == "ssd-mbv2":
+        from facelab.detect.ssd import find_weights
+        from facelab.detect.ssd_onnx import export_ssd, ssd_parity
+
+        src = find_weights(weights)
+        dest = export_ssd(src, out or Path("ssd-mbv2.onnx"))
+        typer.echo(f"{dest} (max |PyTorch - ONNX Runtime| {ssd_parity(src, dest):.2e})")
         return
     path = Path(target)
     if path.is_file() and _is_mobilefacenet(path):
