@@ -231,7 +231,7 @@ def detect_train_cmd(
     size: int = typer.Option(480, help="ssd-mbv2: training crop and inference input side (px)."),
     crop: int = typer.Option(224, help="ssd-mbv2: training crop side, px (0 = --size)."),
     freeze: int = typer.Option(4, help="ssd-mbv2: MobileNetV2 blocks kept frozen."),
-    epochs: int = typer.Option(12, help="ssd-mbv2: passes over the training images."),
+    epochs: int = typer.Option(30, help="ssd-mbv2: passes over the training images."),
     batch_size: int = typer.Option(16, help="ssd-mbv2: crops per step."),
     lr: float = typer.Option(2e-3, help="ssd-mbv2: AdamW peak learning rate."),
     workers: int = typer.Option(0, help="ssd-mbv2: data-loading worker processes."),
@@ -248,7 +248,7 @@ def detect_train_cmd(
 
       facelab detect-train --boxes ../shared/data/face-mask-detection --install
 
-      facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --epochs 60 --threads 2
+      facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --threads 1
     """
     import shutil
 

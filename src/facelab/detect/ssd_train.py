@@ -72,7 +72,7 @@ class SSDTrainConfig:
     size: int = 480
     crop: int = 224
     freeze: int = 4
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
