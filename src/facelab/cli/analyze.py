@@ -10,13 +10,14 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from facelab.cli import app
+from facelab.detect.base import DEFAULT_DETECTOR
 
 
 @app.command("analyze")
 def analyze_cmd(
     paths: list[Path] = typer.Argument(..., help="Images, videos or folders (recursive)."),
     run: Optional[Path] = typer.Option(None, "--run", "-r", help="Attribute run folder (mask/gender/age)."),
-    detector: str = typer.Option("mtcnn", help="Detector or cascade ('mtcnn-mask>mtcnn'); 'none' = each image is one face crop."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, help="Detector or cascade ('mtcnn', 'mtcnn-mask|mtcnn'); 'none' = each image is one face crop."),
     choose: str = typer.Option("all", help="Faces kept per image: all, largest, central or score."),
     min_score: float = typer.Option(0.0, help="Drop detections below this score."),
     min_size: float = typer.Option(0.0, help="Drop faces narrower than this (pixels)."),

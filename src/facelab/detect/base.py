@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., Detector]] = {}
 
+#: the detector used where none is named (FaceAnalyzer, `facelab analyze`): the best one
+#: measured on validation images of face-mask-detection (docs/detection.md, "ssd-mbv2").
+DEFAULT_DETECTOR = "ssd-mbv2-onnx"
+
 
 def register_detector(name: str) -> Callable[[type], type]:
     """Class decorator adding a backend to :func:`get_detector`'s names.
