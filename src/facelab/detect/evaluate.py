@@ -186,6 +186,34 @@ class EvalResult:
         return r
 
 
+def _timed_batches(detector: Detector, items: list, paths: list, res, batch_size: int,
+                   progress: bool):
+    """Yield (items, images, faces) batch by batch: each item's image loaded from its path
+    (unreadable ones go to ``res.failed``), ``detect_batch`` timed into ``res.seconds`` and
+    ``res.cpu_seconds``, the weights loaded before any timing."""
+    from facelab.io import load_image
+
+    detector.prepare()
+    with _progress(progress, detector.name) as bar:
+        task = bar.add_task(detector.name, total=len(items)) if bar else None
+        for start in range(0, len(items), batch_size):
+            kept, images = [], []
+            for item, path in zip(items[start : start + batch_size], paths[start : start + batch_size]):
+                try:
+                    images.append(load_image(path))
+                    kept.append(item)
+                except FacelabError as exc:
+                    res.failed.append(f"{path}: {exc}")
+            t0, c0 = time.perf_counter(), time.process_time()
+            found = detector.detect_batch(images) if images else []
+            res.seconds += time.perf_counter() - t0
+            res.cpu_seconds += time.process_time() - c0
+            res.images += len(images)
+            yield kept, images, found
+            if bar:
+                bar.advance(task, len(items[start : start + batch_size]))
+
+
 def evaluate_detector(
     detector: Detector,
     boxes: pd.DataFrame,
@@ -200,42 +228,23 @@ def evaluate_detector(
         >>> res = evaluate_detector(get_detector("mtcnn"), read_boxes("boxes.csv"))  # doctest: +SKIP
         >>> res.recall("with_mask", min_size=32)  # doctest: +SKIP
     """
-    from facelab.io import load_image
-
     res = EvalResult(name=detector.name)
     groups = list(boxes.groupby("path", sort=True))
-    detector.prepare()  # weights load outside the timed region
     rows = []
-    track = _progress(progress, f"eval {detector.name}")
-    with track as bar:
-        task = bar.add_task(detector.name, total=len(groups)) if bar else None
-        for start in range(0, len(groups), batch_size):
-            chunk, images = [], []
-            for path, g in groups[start : start + batch_size]:
-                try:
-                    images.append(load_image(path))
-                    chunk.append(g)
-                except FacelabError as exc:
-                    res.failed.append(f"{path}: {exc}")
-            t0, c0 = time.perf_counter(), time.process_time()
-            found = detector.detect_batch(images) if images else []
-            res.seconds += time.perf_counter() - t0
-            res.cpu_seconds += time.process_time() - c0
-            for g, faces in zip(chunk, found):
-                gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
-                det = np.array([f.box for f in faces], float).reshape(-1, 4)
-                gt_hit, det_hit = match(gt, det, np.array([f.score for f in faces]), iou)
-                res.detections += len(faces)
-                res.true_dets += int(det_hit.sum())
-                res.det_widths += [f.width for f in faces]
-                res.det_hits += det_hit.tolist()
-                for f in faces:
-                    res.stage_counts[f.stage] = res.stage_counts.get(f.stage, 0) + 1
-                g = g.assign(hit=gt_hit, width=g["x2"] - g["x1"])
-                rows.append(g)
-            res.images += len(images)
-            if bar:
-                bar.advance(task, len(chunk))
+    batches = _timed_batches(detector, [g for _, g in groups], [p for p, _ in groups], res,
+                             batch_size, progress)  # fmt: skip
+    for chunk, _, found in batches:
+        for g, faces in zip(chunk, found):
+            gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
+            det = np.array([f.box for f in faces], float).reshape(-1, 4)
+            gt_hit, det_hit = match(gt, det, np.array([f.score for f in faces]), iou)
+            res.detections += len(faces)
+            res.true_dets += int(det_hit.sum())
+            res.det_widths += [f.width for f in faces]
+            res.det_hits += det_hit.tolist()
+            for f in faces:
+                res.stage_counts[f.stage] = res.stage_counts.get(f.stage, 0) + 1
+            rows.append(g.assign(hit=gt_hit, width=g["x2"] - g["x1"]))
     res.gt = (
         pd.concat(rows, ignore_index=True)
         if rows
@@ -263,6 +272,11 @@ def _progress(enabled: bool, _label: str):
     )  # fmt: skip
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a union spec's "|" must not end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def format_table(results: list[EvalResult], labels: list[str], min_size: float = 32.0) -> str:
     """A Markdown table of :meth:`EvalResult.row` for several detectors.
 
@@ -277,7 +291,7 @@ def format_table(results: list[EvalResult], labels: list[str], min_size: float =
     cols += ["images/s", "images/cpu-s", "faces/s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in (res.row(labels, min_size) for res in results):
-        cells = [r["detector"]] + [
+        cells = [_cell(r["detector"])] + [
             f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}" for c in cols[1:]
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -347,34 +361,16 @@ def evaluate_photos(
         >>> res = evaluate_photos(get_detector("mtcnn"), sample_photos("utkface", 300))  # doctest: +SKIP
         >>> res.row()["found"]  # doctest: +SKIP
     """
-    from facelab.io import load_image
-
     res = PhotoResult(name=detector.name)
-    detector.prepare()
-    with _progress(progress, f"photos {detector.name}") as bar:
-        task = bar.add_task(detector.name, total=len(files)) if bar else None
-        for start in range(0, len(files), batch_size):
-            images = []
-            for path in files[start : start + batch_size]:
-                try:
-                    images.append(load_image(path))
-                except FacelabError as exc:
-                    res.failed.append(f"{path}: {exc}")
-            t0, c0 = time.perf_counter(), time.process_time()
-            found = detector.detect_batch(images) if images else []
-            res.seconds += time.perf_counter() - t0
-            res.cpu_seconds += time.process_time() - c0
-            for im, faces in zip(images, found):
-                res.counts.append(len(faces))
-                if faces:
-                    h, w = im.shape[:2]
-                    x1, y1, x2, y2 = max(faces, key=lambda f: f.score).box
-                    cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
-                    res.widths.append((x2 - x1) / w)
-                    res.centred.append(bool(1 / 3 <= cx <= 2 / 3 and 1 / 3 <= cy <= 2 / 3))
-            res.images += len(images)
-            if bar:
-                bar.advance(task, min(batch_size, len(files) - start))
+    for _, images, found in _timed_batches(detector, files, files, res, batch_size, progress):
+        for im, faces in zip(images, found):
+            res.counts.append(len(faces))
+            if faces:
+                h, w = im.shape[:2]
+                x1, y1, x2, y2 = max(faces, key=lambda f: f.score).box
+                cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+                res.widths.append((x2 - x1) / w)
+                res.centred.append(bool(1 / 3 <= cx <= 2 / 3 and 1 / 3 <= cy <= 2 / 3))
     return res
 
 
@@ -388,6 +384,7 @@ def format_photo_table(results: list[PhotoResult]) -> str:
     cols = ["detector", "found", "extra", "width", "centred", "images/s", "images/cpu-s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in (res.row() for res in results):
-        cells = [r["detector"]] + [f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}" for c in cols[1:]]
+        cells = [_cell(r["detector"])] + [f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}"
+                                          for c in cols[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
