@@ -292,6 +292,8 @@ class SSDConfig:
         nms: IoU of the non-maximum suppression.
         min_size: drop faces narrower than this many source pixels.
         batch: images per forward pass.
+        coarse: letterbox side of a second, small-input pass for close-up faces (0 = off;
+            default from the checkpoint, else 160); see :func:`merge_scales`.
     """
 
     weights: str | None = None
@@ -300,6 +302,7 @@ class SSDConfig:
     nms: float = 0.4
     min_size: float = 0.0
     batch: int = 8
+    coarse: int | None = None
 
 
 class _SSDBase(Detector):
@@ -340,22 +343,67 @@ class _SSDBase(Detector):
             self.cfg.size = int(meta["size"])
         if self.cfg.score_thresh is None:
             self.cfg.score_thresh = float(meta["score_thresh"])
+        if self.cfg.coarse is None:
+            self.cfg.coarse = int(meta.get("coarse", 160))
 
     def _forward(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        fine = self._pass(images, int(self.cfg.size))
+        if not self.cfg.coarse:
+            out = fine
+        else:
+            coarse = self._pass(images, int(self.cfg.coarse))
+            out = [merge_scales(f, c, self.cfg.nms) for f, c in zip(fine, coarse)]
+        return [[f for f in faces if f.width >= self.cfg.min_size] for faces in out]
+
+    def _pass(self, images: list[np.ndarray], size: int) -> list[list[Face]]:
+        """Faces of every image at one letterbox size."""
         out = []
-        for start in range(0, len(images), max(1, int(self.cfg.batch))):
-            chunk = images[start : start + max(1, int(self.cfg.batch))]
-            canvas, scales = letterbox_batch(chunk, int(self.cfg.size))
+        step = max(1, int(self.cfg.batch))
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            canvas, scales = letterbox_batch(chunk, size)
             boxes, logits, marks = self._forward(canvas)
             anchors = anchors_for(canvas.shape[1], canvas.shape[2])
             for i, (im, s) in enumerate(zip(chunk, scales)):
-                faces = faces_from_outputs(boxes[i], logits[i], marks[i], anchors, s,
-                                           im.shape[:2], self.cfg.score_thresh, self.cfg.nms)  # fmt: skip
-                out.append([f for f in faces if f.width >= self.cfg.min_size])
+                out.append(faces_from_outputs(boxes[i], logits[i], marks[i], anchors, s,
+                                              im.shape[:2], self.cfg.score_thresh, self.cfg.nms))  # fmt: skip
         return out
+
+
+def merge_scales(fine: list[Face], coarse: list[Face], nms: float = 0.4,
+                 contained: float = 0.5) -> list[Face]:
+    """Faces of a fine (large input) and a coarse (small input) pass of one image.
+
+    The coarse pass sees close-up faces at the scale the network was trained on; at the
+    fine scale such a face is larger than any anchor and the network fires on its parts.
+    So a fine face lying mostly (``contained`` of its area) inside a coarse face is dropped;
+    the rest are merged by NMS.
+
+    Example:
+        >>> big = Face((0.0, 0.0, 100.0, 100.0), 0.8)
+        >>> part = Face((10.0, 20.0, 40.0, 50.0), 0.9)
+        >>> [f.box for f in merge_scales([part], [big])]
+        [(0.0, 0.0, 100.0, 100.0)]
+    """
+    from facelab.detect.mtcnn import _nms
+
+    if coarse and fine:
+        from facelab.detect.evaluate import intersection_matrix
+
+        fb = np.array([f.box for f in fine], float)
+        cb = np.array([f.box for f in coarse], float)
+        inside = intersection_matrix(fb, cb) / np.maximum(
+            (fb[:, 2] - fb[:, 0]) * (fb[:, 3] - fb[:, 1]), 1e-9)[:, None]
+        fine = [f for f, r in zip(fine, inside.max(1)) if r < contained]
+    faces = fine + coarse
+    if len(faces) < 2:
+        return faces
+    keep = _nms(np.array([f.box for f in faces], float) - [0, 0, 1, 1],
+                np.array([f.score for f in faces]), nms)  # fmt: skip
+    return [faces[i] for i in keep]
 
 
 @register_detector(ARCH)
