@@ -153,3 +153,18 @@ def test_committed_weights_load_as_data_and_are_small():
     names = meta["train_image_names"]
     side = split_images(names)
     assert all(side[n] == "train" for n in names)
+
+
+def test_merge_scales_prefers_the_coarse_face_over_its_parts():
+    from facelab.detect.ssd import merge_scales
+    from facelab.types import Face
+
+    close_up = Face((10.0, 10.0, 190.0, 190.0), 0.7)  # coarse pass: the whole face
+    parts = [Face((40.0, 50.0, 90.0, 100.0), 0.9), Face((110.0, 50.0, 160.0, 100.0), 0.8)]
+    other = Face((300.0, 40.0, 330.0, 70.0), 0.6)  # a small face elsewhere: fine pass only
+    dup = Face((12.0, 8.0, 188.0, 192.0), 0.95)  # the same face, fine pass: the coarse box wins
+    out = merge_scales([*parts, other, dup], [close_up])
+    assert [f.box for f in out] == [close_up.box, other.box]
+    near = Face((150.0, 150.0, 250.0, 250.0), 0.9)  # overlaps, but mostly outside: NMS decides
+    assert [f.box for f in merge_scales([near], [close_up])] == [near.box, close_up.box]
+    assert merge_scales([other], []) == [other] and merge_scales([], [close_up]) == [close_up]
