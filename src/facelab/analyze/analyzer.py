@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from facelab.data.labels import CLASS_NAMES, TASKS
+from facelab.detect.base import DEFAULT_DETECTOR
 from facelab.detect.select import check_choice, select_faces
 from facelab.io.image import load_image
 from facelab.predict.probs import prob_columns
@@ -72,8 +73,9 @@ class FaceAnalyzer:
     """Detect faces and run the chosen stages on each.
 
     Args:
-        detector: a registered detector name or cascade spec ("mtcnn", "mtcnn-mask|mtcnn"),
-            a Detector object, or None: each image is one face already (face crops).
+        detector: a registered detector name or cascade spec ("ssd-mbv2-onnx", the default;
+            "mtcnn", "mtcnn-mask|mtcnn"), a Detector object, or None: each image is one face
+            already (face crops).
         attributes: a run folder / checkpoint, an AttributeRun, or None.
         embedder: an embedder name or object, or None (no vectors); ignored with `db`.
         embedder_options: keyword options for a named embedder (e.g. {"checkpoint": path}).
@@ -88,7 +90,7 @@ class FaceAnalyzer:
         [{'mask': 'correct', 'gender': 'female', 'age': '<30'}, ...]
     """
 
-    def __init__(self, detector: Any = "mtcnn", attributes: Any = None, embedder: Any = None,
+    def __init__(self, detector: Any = DEFAULT_DETECTOR, attributes: Any = None, embedder: Any = None,
                  db: Any = None, choose: str = "all", min_score: float = 0.0, min_size: float = 0.0,
                  backend: str = "torch", threads: int | None = None,
                  embedder_options: dict | None = None) -> None:

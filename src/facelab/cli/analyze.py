@@ -11,20 +11,21 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from facelab.cli import app
 from facelab.cli.engines import ADDRESS_OPT, ENGINE_OPT, WORKERS_OPT, check_engine
+from facelab.detect.base import DEFAULT_DETECTOR
 
 
 @app.command("analyze")
 def analyze_cmd(
     paths: list[Path] = typer.Argument(..., help="Images, videos or folders (recursive)."),
     run: Optional[Path] = typer.Option(None, "--run", "-r", help="Attribute run folder (mask/gender/age)."),
-    detector: str = typer.Option("mtcnn", help="Detector or cascade ('mtcnn-mask>mtcnn'); 'none' = each image is one face crop."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, help="Detector or cascade ('mtcnn', 'mtcnn-mask|mtcnn'); 'none' = each image is one face crop."),
     choose: str = typer.Option("all", help="Faces kept per image: all, largest, central or score."),
     min_score: float = typer.Option(0.0, help="Drop detections below this score."),
     min_size: float = typer.Option(0.0, help="Drop faces narrower than this (pixels)."),
     embedder: Optional[str] = typer.Option(None, help="Embed faces with this model (dlib-resnet, "
                                            "dlib-student: mask-robust, ...)."),
     embedder_checkpoint: Optional[Path] = typer.Option(None, help="Weights of a student / "
-                                                       "mobilefacenet embedder (students: bundled by default)."),
+                                                       "mobilefacenet embedder (e.g. runs/mfn/best.pt)."),
     db: Optional[Path] = typer.Option(None, help="Face database for identity lookup (uses its embedder)."),
     backend: str = typer.Option("torch", help="Attribute backend: torch, onnx or onnx-int8."),
     out: Path = typer.Option(Path("faces.csv"), "--out", "-o", help="Output: .csv or .jsonl (one row per face)."),
@@ -97,7 +98,7 @@ def analyze_cmd(
 
 @app.command("export")
 def export_cmd(
-    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn' or "
+    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn', 'ssd-mbv2' or "
                                  "'mtcnn-mask' (detector nets); or a MobileFaceNet .pt checkpoint."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file or folder (default: "
@@ -105,7 +106,7 @@ def export_cmd(
     int8: bool = typer.Option(False, "--int8", help="Attribute runs: also write an int8 model "
                               "(<run>/model.int8.onnx) calibrated on training-split crops."),
     calib_images: int = typer.Option(512, help="Training crops used to calibrate int8 ranges."),
-    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask: its fine-tuned weights file."),
+    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask / ssd-mbv2: its weights file."),
 ) -> None:
     """Export a trained model to ONNX and check it against PyTorch.
 
@@ -119,6 +120,8 @@ def export_cmd(
         facelab export runs/mt --format onnx --int8
 
         facelab export mtcnn -o onnx/mtcnn
+
+        facelab export ssd-mbv2 -o ssd-mbv2.onnx
 
         facelab export runs/mfn/best.pt -o mfn.onnx
     """
@@ -135,6 +138,14 @@ def export_cmd(
         gaps = parity(det, paths)
         for key, path in paths.items():
             typer.echo(f"{key}: {path} (max |PyTorch - ONNX Runtime| {gaps[key]:.2e})")
+        return
+    if target == "ssd-mbv2":
+        from facelab.detect.ssd import find_weights
+        from facelab.detect.ssd_onnx import export_ssd, ssd_parity
+
+        src = find_weights(weights)
+        dest = export_ssd(src, out or Path("ssd-mbv2.onnx"))
+        typer.echo(f"{dest} (max |PyTorch - ONNX Runtime| {ssd_parity(src, dest):.2e})")
         return
     path = Path(target)
     if path.is_file() and _is_mobilefacenet(path):

@@ -139,7 +139,9 @@ def detect_eval_cmd(
         ["mtcnn"], "--detector", "-d", help="Detector or cascade spec; repeat for several."
     ),
     split: str = typer.Option(
-        "test", help="test | train | all: the image-hash split detect-train uses (test = held out)."
+        "test", help="test | train | val | fit | all: the image-hash split detect-train uses (test = "
+        "held out; val = the training split's validation images, where thresholds and the "
+        "default detector are chosen)."
     ),
     limit: int | None = typer.Option(None, help="Only the first N images (quick looks)."),
     min_size: float = typer.Option(32.0, help="Face-width bucket edge in pixels."),
@@ -149,24 +151,26 @@ def detect_eval_cmd(
     out: Path | None = typer.Option(
         None, help="Also write the table (.md) and numbers (.json)."
     ),
+    photos: list[Path] = typer.Option(
+        [], help="Folder of single-face photos (e.g. utkface, rmfd-masked-faces); repeat for several."
+    ),
+    photos_limit: int = typer.Option(300, help="Evenly spaced photos per --photos folder (0 = all)."),
 ) -> None:
-    """Recall per class and face size, precision and speed of detectors on a boxes CSV.
+    """Recall per class and face size, precision and speed of detectors on a boxes CSV, and
+    (with --photos) found-face rate and framing on single-face photo folders.
 
-    Example:
+    Examples:
 
       facelab detect-eval --boxes ../shared/data/face-mask-detection -d mtcnn -d haar -d "mtcnn-mask>mtcnn"
+
+      facelab detect-eval --boxes ../shared/data/face-mask-detection -d ssd-mbv2 -d ssd-mbv2-onnx -d mtcnn --threads 2 --photos ../shared/data/utkface
     """
     from facelab.detect.cascade import detector_from_spec
-    from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_images
-    from facelab.errors import ConfigError
+    from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_rows
 
     _threads(threads)
     df = read_boxes(boxes)
-    if split != "all":
-        if split not in ("test", "train"):
-            raise ConfigError(f"--split must be test, train or all, got {split!r}")
-        side = split_images(df["image"].unique())
-        df = df[df["image"].map(side) == split]
+    df = split_rows(df, split)
     if limit:
         df = df[df["image"].isin(list(dict.fromkeys(df["image"]))[:limit])]
     labels = sorted(df["label"].unique(), key=lambda s: (s != "with_mask", s))
@@ -186,39 +190,99 @@ def detect_eval_cmd(
         out.with_suffix(".md").write_text(table + "\n")
         rows = [dict(r.row(labels, min_size), stages=r.stage_counts) for r in results]
         out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    if photos:
+        _photo_tables(photos, photos_limit, detector, batch_size, out)
+
+
+def _photo_tables(folders: list[Path], limit: int, specs: list[str], batch_size: int,
+                  out: Path | None) -> None:
+    from facelab.detect.cascade import detector_from_spec
+    from facelab.detect.evaluate import evaluate_photos, format_photo_table, sample_photos
+
+    report = {}
+    for folder in folders:
+        files = sample_photos(folder, limit)
+        typer.echo(f"\n{folder}: {len(files)} single-face photos")
+        results = []
+        for spec in specs:
+            res = evaluate_photos(detector_from_spec(spec), files, batch_size=batch_size)
+            res.name = spec
+            results.append(res)
+        table = format_photo_table(results)
+        typer.echo(table)
+        report[str(folder)] = table
+    if out:
+        text = "\n\n".join(f"{k}\n\n{v}" for k, v in report.items())
+        out.with_suffix(".photos.md").write_text(text + "\n")
 
 
 @app.command("detect-train")
 def detect_train_cmd(
     boxes: Path = typer.Option(..., help="boxes.csv (image,x1,y1,x2,y2,label) or its folder."),
-    out: Path = typer.Option(Path("runs/detect/mtcnn-mask.pt"), help="Checkpoint to write."),
-    install: bool = typer.Option(
-        False, help="Also copy it to $FACELAB_CACHE/weights/mtcnn-mask.pt (the default weights)."
+    arch: str = typer.Option(
+        "mtcnn-mask", help="mtcnn-mask (fine-tune MTCNN) or ssd-mbv2 (single-shot MobileNetV2)."
     ),
-    min_face_size: float = typer.Option(10.0, help="Smallest face searched for (pixels)."),
+    out: Path | None = typer.Option(None, help="Checkpoint to write [runs/detect/<arch>.pt]."),
+    install: bool = typer.Option(
+        False, help="Also copy it to $FACELAB_CACHE/weights/<arch>.pt (the default weights)."
+    ),
+    min_face_size: float = typer.Option(10.0, help="mtcnn-mask: smallest face searched for (px)."),
     precision_target: float = typer.Option(0.9, help="Validation precision the threshold aims at."),
+    size: int = typer.Option(480, help="ssd-mbv2: training crop and inference input side (px)."),
+    crop: int = typer.Option(224, help="ssd-mbv2: training crop side, px (0 = --size)."),
+    freeze: int = typer.Option(4, help="ssd-mbv2: MobileNetV2 blocks kept frozen."),
+    epochs: int = typer.Option(30, help="ssd-mbv2: passes over the training images."),
+    batch_size: int = typer.Option(16, help="ssd-mbv2: crops per step."),
+    lr: float = typer.Option(2e-3, help="ssd-mbv2: AdamW peak learning rate."),
+    workers: int = typer.Option(0, help="ssd-mbv2: data-loading worker processes."),
+    device: str = typer.Option("", help="ssd-mbv2: cpu or cuda (default: cuda when available)."),
+    landmarks: Path | None = typer.Option(
+        None, help="ssd-mbv2: CSV caching MTCNN landmark targets [<out>.landmarks.csv]."
+    ),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Fine-tune MTCNN on masked faces; the test split (by image hash) is never used.
+    """Train a detector on masked faces; the test split (by image hash) is never read.
 
-    Example:
+    Examples:
 
       facelab detect-train --boxes ../shared/data/face-mask-detection --install
+
+      facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --threads 1
     """
     import shutil
 
-    from facelab.detect.mtcnn import default_mask_weights
-    from facelab.detect.train import DetectTrainConfig, train_detector
+    from facelab.errors import ConfigError
 
-    cfg = DetectTrainConfig(
-        boxes=str(boxes), out=str(out), min_face_size=min_face_size,
-        precision_target=precision_target, threads=threads, seed=seed,
-    )  # fmt: skip
-    meta = train_detector(cfg)
-    typer.echo(json.dumps({k: v for k, v in meta.items() if k != "config"}, indent=1))
-    if install:
+    if arch == "mtcnn-mask":
+        from facelab.detect.mtcnn import default_mask_weights
+        from facelab.detect.train import DetectTrainConfig, train_detector
+
+        out = out or Path("runs/detect/mtcnn-mask.pt")
+        cfg = DetectTrainConfig(
+            boxes=str(boxes), out=str(out), min_face_size=min_face_size,
+            precision_target=precision_target, threads=threads, seed=seed,
+        )  # fmt: skip
+        meta = train_detector(cfg)
         dest = default_mask_weights()
+    elif arch == "ssd-mbv2":
+        from facelab.detect.ssd import default_ssd_weights
+        from facelab.detect.ssd_train import SSDTrainConfig, train_ssd
+
+        out = out or Path("runs/detect/ssd-mbv2.pt")
+        cfg = SSDTrainConfig(
+            boxes=str(boxes), out=str(out), size=size, crop=crop, freeze=freeze, epochs=epochs,
+            batch_size=batch_size, save_every=1,
+            lr=lr, workers=workers, device=device, landmarks=str(landmarks or ""),
+            precision_target=precision_target, threads=threads, seed=seed,
+        )  # fmt: skip
+        meta = train_ssd(cfg)
+        dest = default_ssd_weights()
+    else:
+        raise ConfigError(f"--arch must be mtcnn-mask or ssd-mbv2, got {arch!r}")
+    skip = ("config", "history", "train_image_names")
+    typer.echo(json.dumps({k: v for k, v in meta.items() if k not in skip}, indent=1))
+    if install:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, dest)
         typer.echo(f"installed as {dest}")

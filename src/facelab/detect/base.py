@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., Detector]] = {}
 
+#: the detector used where none is named (FaceAnalyzer, `facelab analyze`): the best one
+#: measured on validation images of face-mask-detection (docs/detection.md, "ssd-mbv2").
+DEFAULT_DETECTOR = "ssd-mbv2-onnx"
+
 
 def register_detector(name: str) -> Callable[[type], type]:
     """Class decorator adding a backend to :func:`get_detector`'s names.
@@ -54,8 +58,8 @@ def get_detector(name: str, **options) -> Detector:
     """Build a detector by name; its weights load on the first ``detect`` call.
 
     Args:
-        name: "mtcnn", "dlib-hog", "dlib-cnn", "haar" or "mtcnn-mask" (see
-            :func:`available_detectors`).
+        name: "mtcnn", "dlib-hog", "dlib-cnn", "haar", "mtcnn-mask", "ssd-mbv2" or
+            "ssd-mbv2-onnx" (see :func:`available_detectors`).
         **options: backend options (thresholds, minimum face size, weights path, ...).
 
     Example:
@@ -75,7 +79,7 @@ def _import_backends() -> None:
     # Importing the modules only registers classes; no weights load here.
     from importlib import import_module
 
-    for mod in ("mtcnn", "dlib_backend", "haar", "cascade"):
+    for mod in ("mtcnn", "dlib_backend", "haar", "cascade", "ssd", "ssd_onnx"):
         import_module(f"facelab.detect.{mod}")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from facelab.detect.base import Detector
-from facelab.errors import DataFormatError, FacelabError
+from facelab.errors import ConfigError, DataFormatError, FacelabError
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,40 @@ def split_images(images, test_fraction: float = 0.25, seed: str = "facelab-detec
     return out
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes.
+SPLITS = ("test", "train", "fit", "val", "all")
+
+
+def split_rows(df: pd.DataFrame, part: str, test_fraction: float = 0.25,
+               val_fraction: float = 0.2) -> pd.DataFrame:
+    """Rows of a boxes frame in one part of the image-hash split: "test" (held out), "train"
+    (the rest), "val" (the training part's validation images, by a second hash), "fit"
+    (train minus val: what detectors learn from) or "all".
 
     Example:
-        >>> iou_matrix(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2]])).round(3).tolist()
-        [[0.333]]
+        >>> df = pd.DataFrame({"image": [f"i{k}.jpg" for k in range(40)]})
+        >>> len(split_rows(df, "fit")) + len(split_rows(df, "val")) == len(split_rows(df, "train"))
+        True
+    """
+    if part not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {part!r}")
+    if part == "all":
+        return df
+    side = split_images(df["image"].unique(), test_fraction)
+    if part == "test":
+        return df[df["image"].map(side) == "test"]
+    df = df[df["image"].map(side) == "train"]
+    if part == "train":
+        return df
+    val_side = split_images(df["image"].unique(), val_fraction, seed="facelab-val")
+    return df[df["image"].map(val_side) == ("test" if part == "val" else "train")]
+
+
+def intersection_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of (N, 4) and (M, 4) xyxy boxes.
+
+    Example:
+        >>> intersection_matrix(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2]])).tolist()
+        [[2.0]]
     """
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     iw = np.clip(
@@ -76,7 +104,18 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ih = np.clip(
         np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
     )
-    inter = iw * ih
+    return iw * ih
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes.
+
+    Example:
+        >>> iou_matrix(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2]])).round(3).tolist()
+        [[0.333]]
+    """
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    inter = intersection_matrix(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
@@ -158,6 +197,34 @@ class EvalResult:
         return r
 
 
+def _timed_batches(detector: Detector, items: list, paths: list, res, batch_size: int,
+                   progress: bool):
+    """Yield (items, images, faces) batch by batch: each item's image loaded from its path
+    (unreadable ones go to ``res.failed``), ``detect_batch`` timed into ``res.seconds`` and
+    ``res.cpu_seconds``, the weights loaded before any timing."""
+    from facelab.io import load_image
+
+    detector.prepare()
+    with _progress(progress, detector.name) as bar:
+        task = bar.add_task(detector.name, total=len(items)) if bar else None
+        for start in range(0, len(items), batch_size):
+            kept, images = [], []
+            for item, path in zip(items[start : start + batch_size], paths[start : start + batch_size]):
+                try:
+                    images.append(load_image(path))
+                    kept.append(item)
+                except FacelabError as exc:
+                    res.failed.append(f"{path}: {exc}")
+            t0, c0 = time.perf_counter(), time.process_time()
+            found = detector.detect_batch(images) if images else []
+            res.seconds += time.perf_counter() - t0
+            res.cpu_seconds += time.process_time() - c0
+            res.images += len(images)
+            yield kept, images, found
+            if bar:
+                bar.advance(task, len(items[start : start + batch_size]))
+
+
 def evaluate_detector(
     detector: Detector,
     boxes: pd.DataFrame,
@@ -172,42 +239,23 @@ def evaluate_detector(
         >>> res = evaluate_detector(get_detector("mtcnn"), read_boxes("boxes.csv"))  # doctest: +SKIP
         >>> res.recall("with_mask", min_size=32)  # doctest: +SKIP
     """
-    from facelab.io import load_image
-
     res = EvalResult(name=detector.name)
     groups = list(boxes.groupby("path", sort=True))
-    detector.prepare()  # weights load outside the timed region
     rows = []
-    track = _progress(progress, f"eval {detector.name}")
-    with track as bar:
-        task = bar.add_task(detector.name, total=len(groups)) if bar else None
-        for start in range(0, len(groups), batch_size):
-            chunk, images = [], []
-            for path, g in groups[start : start + batch_size]:
-                try:
-                    images.append(load_image(path))
-                    chunk.append(g)
-                except FacelabError as exc:
-                    res.failed.append(f"{path}: {exc}")
-            t0, c0 = time.perf_counter(), time.process_time()
-            found = detector.detect_batch(images) if images else []
-            res.seconds += time.perf_counter() - t0
-            res.cpu_seconds += time.process_time() - c0
-            for g, faces in zip(chunk, found):
-                gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
-                det = np.array([f.box for f in faces], float).reshape(-1, 4)
-                gt_hit, det_hit = match(gt, det, np.array([f.score for f in faces]), iou)
-                res.detections += len(faces)
-                res.true_dets += int(det_hit.sum())
-                res.det_widths += [f.width for f in faces]
-                res.det_hits += det_hit.tolist()
-                for f in faces:
-                    res.stage_counts[f.stage] = res.stage_counts.get(f.stage, 0) + 1
-                g = g.assign(hit=gt_hit, width=g["x2"] - g["x1"])
-                rows.append(g)
-            res.images += len(images)
-            if bar:
-                bar.advance(task, len(chunk))
+    batches = _timed_batches(detector, [g for _, g in groups], [p for p, _ in groups], res,
+                             batch_size, progress)  # fmt: skip
+    for chunk, _, found in batches:
+        for g, faces in zip(chunk, found):
+            gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
+            det = np.array([f.box for f in faces], float).reshape(-1, 4)
+            gt_hit, det_hit = match(gt, det, np.array([f.score for f in faces]), iou)
+            res.detections += len(faces)
+            res.true_dets += int(det_hit.sum())
+            res.det_widths += [f.width for f in faces]
+            res.det_hits += det_hit.tolist()
+            for f in faces:
+                res.stage_counts[f.stage] = res.stage_counts.get(f.stage, 0) + 1
+            rows.append(g.assign(hit=gt_hit, width=g["x2"] - g["x1"]))
     res.gt = (
         pd.concat(rows, ignore_index=True)
         if rows
@@ -235,6 +283,11 @@ def _progress(enabled: bool, _label: str):
     )  # fmt: skip
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a union spec's "|" must not end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def format_table(results: list[EvalResult], labels: list[str], min_size: float = 32.0) -> str:
     """A Markdown table of :meth:`EvalResult.row` for several detectors.
 
@@ -249,8 +302,100 @@ def format_table(results: list[EvalResult], labels: list[str], min_size: float =
     cols += ["images/s", "images/cpu-s", "faces/s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in (res.row(labels, min_size) for res in results):
-        cells = [r["detector"]] + [
+        cells = [_cell(r["detector"])] + [
             f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}" for c in cols[1:]
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class PhotoResult:
+    """Detection on single-face photos (close-ups, one face each, no box annotations).
+
+    ``found`` = share of photos with at least one face; ``extra`` = share with more than one;
+    the box figures describe the best-scoring face relative to the photo: ``width`` = median
+    box width / photo width, ``centred`` = share whose box centre lies in the photo's middle
+    third (both ways), the framing these data sets were cropped to.
+    """
+
+    name: str
+    images: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    counts: list = field(default_factory=list)
+    widths: list = field(default_factory=list)
+    centred: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+    def row(self) -> dict:
+        n = max(len(self.counts), 1)
+        c = np.asarray(self.counts)
+        return {
+            "detector": self.name,
+            "found": float((c >= 1).sum() / n),
+            "extra": float((c > 1).sum() / n),
+            "width": float(np.median(self.widths)) if self.widths else float("nan"),
+            "centred": float(np.mean(self.centred)) if self.centred else float("nan"),
+            "images/s": self.images / self.seconds if self.seconds else float("nan"),
+            "images/cpu-s": self.images / self.cpu_seconds if self.cpu_seconds else float("nan"),
+        }
+
+
+def sample_photos(folder: str | Path, limit: int = 0) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); ``limit`` > 0 keeps an evenly spaced
+    subset of that many, the same on every run.
+
+    Example:
+        >>> len(sample_photos("data/utkface", 300))  # doctest: +SKIP
+        300
+    """
+    from facelab.io import is_image_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(f"photo folder {folder} not found; pass a folder of face photos")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise DataFormatError(f"{folder} holds no image files")
+    if limit and len(files) > limit:
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit)]
+    return files
+
+
+def evaluate_photos(
+    detector: Detector, files: list[Path], *, batch_size: int = 8, progress: bool = True
+) -> PhotoResult:
+    """Run a detector over single-face photos; see :class:`PhotoResult` for the figures.
+
+    Example:
+        >>> res = evaluate_photos(get_detector("mtcnn"), sample_photos("utkface", 300))  # doctest: +SKIP
+        >>> res.row()["found"]  # doctest: +SKIP
+    """
+    res = PhotoResult(name=detector.name)
+    for _, images, found in _timed_batches(detector, files, files, res, batch_size, progress):
+        for im, faces in zip(images, found):
+            res.counts.append(len(faces))
+            if faces:
+                h, w = im.shape[:2]
+                x1, y1, x2, y2 = max(faces, key=lambda f: f.score).box
+                cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+                res.widths.append((x2 - x1) / w)
+                res.centred.append(bool(1 / 3 <= cx <= 2 / 3 and 1 / 3 <= cy <= 2 / 3))
+    return res
+
+
+def format_photo_table(results: list[PhotoResult]) -> str:
+    """A Markdown table of :meth:`PhotoResult.row` for several detectors.
+
+    Example:
+        >>> print(format_photo_table([]).splitlines()[0])
+        | detector | found | extra | width | centred | images/s | images/cpu-s |
+    """
+    cols = ["detector", "found", "extra", "width", "centred", "images/s", "images/cpu-s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in (res.row() for res in results):
+        cells = [_cell(r["detector"])] + [f"{r[c]:.1f}" if "/" in c else f"{r[c]:.3f}"
+                                          for c in cols[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

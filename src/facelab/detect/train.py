@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.detect.evaluate import iou_matrix, read_boxes, split_images
+from facelab.detect.evaluate import iou_matrix, read_boxes, split_rows
 from facelab.errors import DataFormatError, FacelabError
 
 log = logging.getLogger(__name__)
@@ -346,11 +346,9 @@ def train_detector(cfg: DetectTrainConfig, progress=None) -> dict:
     torch.set_num_threads(cfg.threads)
     try:
         df = read_boxes(cfg.boxes)
-        side = split_images(df["image"].unique(), cfg.test_fraction)
-        train_df = df[df["image"].map(side) == "train"]
-        val_side = split_images(train_df["image"].unique(), cfg.val_fraction, seed="facelab-val")
-        fit_df = train_df[train_df["image"].map(val_side) == "train"]
-        val_paths = sorted(train_df[train_df["image"].map(val_side) == "test"]["path"].unique())
+        fit_df = split_rows(df, "fit", cfg.test_fraction, cfg.val_fraction)
+        val_df = split_rows(df, "val", cfg.test_fraction, cfg.val_fraction)
+        val_paths = sorted(val_df["path"].unique())
         if fit_df.empty or not val_paths:
             raise DataFormatError(f"{cfg.boxes}: too few images to split into train/validation")
         gts = {p: g[["x1", "y1", "x2", "y2"]].to_numpy(float) - [0, 0, 1, 1]

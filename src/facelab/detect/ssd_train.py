@@ -1,0 +1,400 @@
+"""``facelab detect-train --arch ssd-mbv2``: train the single-shot MobileNetV2 face detector.
+
+Data: a boxes CSV (``image,x1,y1,x2,y2,label``). Only the training part of the image-hash
+split (:func:`facelab.detect.evaluate.split_images`, the split ``detect-eval`` scores on) is
+read; a further hash split of it holds out validation images that choose the score
+threshold. Test images are never opened.
+
+- Landmark targets are distilled from MTCNN: each ground-truth face gets the 5 landmarks of
+  the MTCNN face matching it (IoU >= 0.5); faces MTCNN misses (often masked ones) have no
+  landmark loss. They are computed once and cached in a CSV (``landmarks`` setting).
+- Augmentation: random scale (0.5x-2x around the inference scale), random crop/pad to a
+  square, horizontal flip (landmarks swapped), colour jitter; faces cut by the crop to
+  less than 60 % or smaller than 4 px are ignored (neither positive nor negative).
+- Anchors match faces at IoU >= 0.35 (each face also gets its best anchor); the score is
+  trained with the sigmoid focal loss over all anchors (hard negatives weigh in by
+  themselves), boxes and landmarks with smooth L1 on positives.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facelab.detect.evaluate import iou_matrix, read_boxes, split_rows
+from facelab.detect.ssd import (
+    ARCH,
+    FLIP_LANDMARKS,
+    PAD_VALUE,
+    anchors_for,
+    encode,
+)
+from facelab.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SSDTrainConfig:
+    """Settings of ``facelab detect-train --arch ssd-mbv2`` (saved in the checkpoint's meta).
+
+    Attributes:
+        boxes: boxes CSV or a folder holding boxes.csv.
+        out: checkpoint to write.
+        size: inference letterbox side, pixels (training scales are relative to it).
+        crop: training crop side (0 = ``size``); smaller crops train faster at the same scale.
+        freeze: MobileNetV2 feature blocks kept frozen (ImageNet weights, BN statistics).
+        epochs: passes over the training images.
+        batch_size: crops per step.
+        lr: AdamW peak learning rate (cosine decay, linear warm-up).
+        weight_decay: AdamW weight decay.
+        scale_min / scale_max: random scale range around the inference scale.
+        fpn: feature-pyramid channels.
+        landmarks: CSV caching the MTCNN landmark targets ('' = beside ``out``).
+        test_fraction: images held out by name hash (never read here).
+        val_fraction: share of the remaining images used to choose the threshold.
+        precision_target: the threshold is the lowest whose validation precision reaches it.
+        workers: DataLoader worker processes (0 = in the main process).
+        device: "cpu", "cuda" or "" (cuda when available).
+        threads: torch CPU threads.
+        limit: use only the first N training images (quick runs; 0 = all).
+        save_every: also write the checkpoint every N epochs (0 = only at the end).
+        seed: random seed.
+    """
+
+    boxes: str = ""
+    out: str = f"runs/detect/{ARCH}.pt"
+    size: int = 480
+    crop: int = 224
+    freeze: int = 4
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    fpn: int = 64
+    landmarks: str = ""
+    test_fraction: float = 0.25
+    val_fraction: float = 0.2
+    precision_target: float = 0.9
+    workers: int = 0
+    device: str = ""
+    threads: int = 1
+    limit: int = 0
+    save_every: int = 0
+    seed: int = 0
+
+
+def training_split(df, cfg: SSDTrainConfig):
+    """(fit rows, validation rows) of a boxes frame: the test split's images are dropped first.
+
+    Example:
+        >>> fit, val = training_split(read_boxes("boxes.csv"), SSDTrainConfig())  # doctest: +SKIP
+    """
+    fit = split_rows(df, "fit", cfg.test_fraction, cfg.val_fraction)
+    val = split_rows(df, "val", cfg.test_fraction, cfg.val_fraction)
+    if cfg.limit:
+        fit = fit[fit["image"].isin(sorted(fit["image"].unique())[: cfg.limit])]
+    if fit.empty or val.empty:
+        raise DataFormatError(f"{cfg.boxes}: too few images to split into train/validation")
+    return fit, val
+
+
+def distill_landmarks(df, cache: Path, progress=None) -> np.ndarray:
+    """(len(df), 5, 2) MTCNN landmarks of each ground-truth face (NaN where MTCNN finds no
+    face at IoU >= 0.5), cached in ``cache`` keyed by image and box."""
+    import pandas as pd
+
+    from facelab.detect.evaluate import match
+    from facelab.detect.mtcnn import MTCNN
+    from facelab.io import load_image
+
+    cols = [f"lm{i}_{a}" for i in range(5) for a in "xy"]
+    keys = ["image", "x1", "y1", "x2", "y2"]
+    have = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=keys + cols)
+    todo = sorted(set(df["image"]) - set(have["image"]))
+    if todo:
+        det = MTCNN(min_face_size=12).prepare()
+        rows = []
+        for image in _track(todo, "MTCNN landmarks", progress):
+            g = df[df["image"] == image]
+            gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
+            faces = det.detect(load_image(g["path"].iloc[0]))
+            marks = np.full((len(g), 10), np.nan)
+            if faces:
+                boxes = np.array([f.box for f in faces], float)
+                ious = iou_matrix(gt, boxes)
+                hit, _ = match(gt, boxes, np.array([f.score for f in faces]))
+                for gi in np.nonzero(hit)[0]:
+                    marks[gi] = faces[int(ious[gi].argmax())].landmarks.ravel()
+            rows.append(pd.concat([g[keys].reset_index(drop=True),
+                                   pd.DataFrame(marks, columns=cols)], axis=1))  # fmt: skip
+        have = pd.concat([have, *rows], ignore_index=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        have.to_csv(cache, index=False)
+    merged = df[keys].merge(have.drop_duplicates(keys), on=keys, how="left")
+    return merged[cols].to_numpy(float).reshape(-1, 5, 2)
+
+
+def _track(items, label: str, progress):
+    if progress is None:
+        yield from items
+        return
+    with progress as bar:
+        task = bar.add_task(label, total=len(items)) if bar else None
+        for item in items:
+            yield item
+            if bar:
+                bar.advance(task)
+
+
+def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: SSDTrainConfig):
+    """One training crop: (uint8 size x size x 3, boxes (n, 4), marks (n, 5, 2), ignore (n,)).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> im, b, m, ign = augment(rng, np.zeros((300, 400, 3), np.uint8),
+        ...                         np.array([[100., 100, 150, 160]]), np.full((1, 5, 2), np.nan),
+        ...                         SSDTrainConfig(size=128))
+        >>> im.shape
+        (128, 128, 3)
+    """
+    import cv2
+
+    T = cfg.crop or cfg.size
+    h, w = image.shape[:2]
+    s = cfg.size / max(h, w) * math.exp(rng.uniform(math.log(cfg.scale_min), math.log(cfg.scale_max)))
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    im = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    ox = int(rng.integers(0, nw - T + 1)) if nw > T else -int(rng.integers(0, T - nw + 1))
+    oy = int(rng.integers(0, nh - T + 1)) if nh > T else -int(rng.integers(0, T - nh + 1))
+    canvas = np.full((T, T, 3), PAD_VALUE, np.uint8)
+    sx, sy = max(ox, 0), max(oy, 0)
+    part = im[sy : sy + T, sx : sx + T]
+    canvas[sy - oy : sy - oy + part.shape[0], sx - ox : sx - ox + part.shape[1]] = part
+    b = boxes * s - [ox, oy, ox, oy]
+    m = marks * s - [ox, oy]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    c = np.clip(b, 0, T)
+    vis = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1]) / np.maximum(area, 1e-6)
+    keep = vis > 0.05
+    b, m, vis = c[keep], m[keep], vis[keep]
+    ignore = (vis < 0.6) | (b[:, 2] - b[:, 0] < 4) | (b[:, 3] - b[:, 1] < 4)
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+        b = np.stack([T - b[:, 2], b[:, 1], T - b[:, 0], b[:, 3]], 1)
+        m = np.stack([T - m[..., 0], m[..., 1]], -1)[:, list(FLIP_LANDMARKS)]
+    hsv = cv2.cvtColor(np.ascontiguousarray(canvas), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-8, 8)) % 180
+    hsv[..., 1] *= rng.uniform(0.6, 1.4)
+    hsv[..., 2] = hsv[..., 2] * rng.uniform(0.65, 1.35) + rng.uniform(-20, 20)
+    canvas = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    if rng.random() < 0.05:
+        canvas = np.repeat(cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
+    return canvas, b, m, ignore
+
+
+def assign(anchors: np.ndarray, boxes: np.ndarray, marks: np.ndarray, ignore: np.ndarray):
+    """Per-anchor targets: labels (1 face, 0 background, -1 ignored), box offsets (K, 4),
+    landmark offsets (K, 10) and a landmark mask (K,).
+
+    Example:
+        >>> a = anchors_for(64, 64)
+        >>> lab, *_ = assign(a, np.array([[20., 20, 40, 40]]), np.full((1, 5, 2), np.nan), np.zeros(1, bool))
+        >>> int((lab == 1).sum()) >= 1
+        True
+    """
+    k = len(anchors)
+    labels = np.zeros(k, np.int64)
+    tbox, tlm, lmask = np.zeros((k, 4), np.float32), np.zeros((k, 10), np.float32), np.zeros(k, bool)
+    if not len(boxes):
+        return labels, tbox, tlm, lmask
+    axy = np.concatenate([anchors[:, :2] - anchors[:, 2:] / 2, anchors[:, :2] + anchors[:, 2:] / 2], 1)
+    iou = iou_matrix(axy, boxes)
+    best_gt, best = iou.argmax(1), iou.max(1)
+    labels[(best >= 0.2) & (best < 0.35)] = -1
+    pos = best >= 0.35
+    forced = iou.argmax(0)  # every face gets its best anchor
+    best_gt[forced] = np.arange(len(boxes))
+    pos[forced] = True
+    labels[pos] = 1
+    labels[pos & ignore[best_gt]] = -1
+    idx = np.nonzero(labels == 1)[0]
+    g = best_gt[idx]
+    tb, tl = encode(anchors[idx], boxes[g], np.nan_to_num(marks[g]))
+    tbox[idx], tlm[idx] = tb, tl
+    lmask[idx] = ~np.isnan(marks[g]).any(axis=(1, 2))
+    return labels, tbox, tlm, lmask
+
+
+class _Crops:
+    """torch Dataset of augmented crops with their anchor targets (made in the workers)."""
+
+    def __init__(self, samples: list, cfg: SSDTrainConfig) -> None:
+        self.samples, self.cfg = samples, cfg
+        self.anchors = anchors_for(cfg.crop or cfg.size, cfg.crop or cfg.size)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, i])
+        image, boxes, marks = self.samples[i]
+        im, b, m, ign = augment(rng, image, boxes, marks, self.cfg)
+        labels, tbox, tlm, lmask = assign(self.anchors, b, m, ign)
+        return (torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1),
+                torch.from_numpy(labels), torch.from_numpy(tbox), torch.from_numpy(tlm),
+                torch.from_numpy(lmask))  # fmt: skip
+
+
+def ssd_loss(outputs, labels, tbox, tlm, lmask):
+    """Sigmoid focal loss on scores (all non-ignored anchors) + smooth L1 on the positives'
+    boxes (x2) and landmarks; each normalised by its number of positives."""
+    import torch
+    from torch.nn import functional as F
+    from torchvision.ops import sigmoid_focal_loss
+
+    pbox, logits, plm = outputs
+    valid = labels >= 0
+    pos = labels == 1
+    n_pos = pos.sum().clamp(min=1).float()
+    cls = sigmoid_focal_loss(logits[valid], pos[valid].float(), reduction="sum") / n_pos
+    box = F.smooth_l1_loss(pbox[pos], tbox[pos], beta=1 / 9, reduction="sum") / n_pos
+    lm_pos = pos & lmask
+    lm = F.smooth_l1_loss(plm[lm_pos], tlm[lm_pos], beta=1 / 9, reduction="sum") / lm_pos.sum().clamp(min=1)
+    total = cls + 2 * box + 0.5 * lm
+    return total, {k: float(v.detach()) for k, v in (("cls", cls), ("box", box), ("lm", lm))}
+
+
+def _validate(det, val_df, target: float) -> dict:
+    """Score threshold on validation images: the lowest whose precision reaches ``target``."""
+    from facelab.detect.evaluate import match
+    from facelab.detect.train import choose_threshold
+    from facelab.io import load_image
+
+    scores, hits = [], []
+    groups = list(val_df.groupby("path", sort=True))
+    found = det.detect_batch([load_image(p) for p, _ in groups])
+    for (_, g), faces in zip(groups, found):
+        gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
+        sc = np.array([f.score for f in faces])
+        _, det_hit = match(gt, np.array([f.box for f in faces], float).reshape(-1, 4), sc)
+        scores.append(sc)
+        hits.append(det_hit)
+    s, h = np.concatenate(scores), np.concatenate(hits)
+    thr, prec, rec = choose_threshold(s, h, len(val_df), target)
+    return {"score_thresh": round(thr, 4), "val_precision": prec, "val_recall": rec,
+            "val_images": len(groups), "val_faces": int(len(val_df))}  # fmt: skip
+
+
+def _save(net, meta: dict, out: Path) -> None:
+    import torch
+
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save({"state": state, "meta": meta}, tmp)
+    tmp.replace(out)
+
+
+def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
+    """Train the detector on ``cfg.boxes`` and write ``cfg.out``; returns the checkpoint meta.
+
+    Example:
+        >>> meta = train_ssd(SSDTrainConfig(boxes="face-mask-detection", epochs=1))  # doctest: +SKIP
+    """
+    import torch
+
+    from facelab.detect.evaluate import _progress
+    from facelab.detect.ssd import SSDMobileNetV2Detector, build_model
+    from facelab.io import load_image
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        df = read_boxes(cfg.boxes)
+        fit, val = training_split(df, cfg)
+        out = Path(cfg.out)
+        lm_cache = Path(cfg.landmarks) if cfg.landmarks else out.with_suffix(".landmarks.csv")
+        marks = distill_landmarks(fit, lm_cache, progress or _progress(True, "landmarks"))
+        samples = []
+        for path, idx in fit.groupby("path", sort=True).indices.items():
+            g = fit.iloc[idx]
+            samples.append((load_image(path), g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
+                            marks[idx].astype(np.float32)))  # fmt: skip
+        data = _Crops(samples, cfg)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+            drop_last=len(data) > cfg.batch_size, persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        net = build_model(fpn=cfg.fpn, pretrained=True).to(device)
+        net = net.to(memory_format=torch.channels_last)
+        frozen = [m for s in net.stages for m in s][: cfg.freeze]
+        for p in (p for m in frozen for p in m.parameters()):
+            p.requires_grad_(False)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps = max(1, cfg.epochs * len(loader))
+        warm = min(300, steps // 10 + 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+        )
+        history: list = []
+        meta = {
+            "arch": ARCH, "size": cfg.size, "fpn": cfg.fpn, "score_thresh": 0.5,
+            "split": "image-hash", "test_fraction": cfg.test_fraction,
+            "train_images": int(fit["image"].nunique()), "train_faces": int(len(fit)),
+            "train_image_names": sorted(fit["image"].unique().tolist()),
+            "landmark_targets": int((~np.isnan(marks).any(axis=(1, 2))).sum()),
+            "config": asdict(cfg), "device": str(device),
+        }  # fmt: skip
+        track = progress or _progress(True, "train")
+        with track as bar:
+            task = bar.add_task(f"train {ARCH}", total=steps) if bar else None
+            for epoch in range(cfg.epochs):
+                data.epoch = epoch
+                net.train()
+                for m in frozen:
+                    m.eval()
+                sums, n = {"loss": 0.0, "cls": 0.0, "box": 0.0, "lm": 0.0}, 0
+                for x, labels, tbox, tlm, lmask in loader:
+                    x = x.to(device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+                    tgt = [t.to(device, non_blocking=True) for t in (labels, tbox, tlm, lmask)]
+                    loss, parts = ssd_loss(net(x), *tgt)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 10.0)
+                    opt.step()
+                    sched.step()
+                    sums["loss"] += float(loss.detach())
+                    for k, v in parts.items():
+                        sums[k] += v
+                    n += 1
+                    if bar:
+                        bar.advance(task)
+                history.append({k: round(v / max(n, 1), 4) for k, v in sums.items()})
+                log.info("epoch %d %s", epoch + 1, history[-1])
+                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                    _save(net, {**meta, "epochs_done": epoch + 1, "history": history}, out)
+        meta.update(history=history, epochs_done=cfg.epochs,
+                    train_seconds=round(time.perf_counter() - t0, 1))
+        _save(net, meta, out)
+        det = SSDMobileNetV2Detector(weights=str(out), score_thresh=0.05)
+        meta.update(_validate(det, val, cfg.precision_target))
+        _save(net, meta, out)
+        return meta
+    finally:
+        torch.set_num_threads(old_threads)

@@ -1,0 +1,170 @@
+"""ssd-mbv2: anchors and box coding, augmentation, training split, ONNX parity, registry."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from facelab.detect import available_detectors, get_detector
+from facelab.detect.cascade import detector_from_spec
+from facelab.detect.evaluate import split_images
+from facelab.detect.ssd import (
+    anchors_for,
+    decode,
+    encode,
+    faces_from_outputs,
+    letterbox_batch,
+    repo_weights,
+)
+from facelab.detect.ssd_train import SSDTrainConfig, assign, augment, train_ssd
+from facelab.errors import WeightsError
+
+
+def test_encode_decode_round_trip():
+    rng = np.random.default_rng(0)
+    anchors = anchors_for(96, 128)[rng.choice(len(anchors_for(96, 128)), 20)]
+    xy = rng.uniform(0, 80, (20, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (20, 2))], 1)
+    marks = rng.uniform(0, 100, (20, 5, 2))
+    tb, tl = encode(anchors, boxes, marks)
+    b, m = decode(anchors, tb, tl)
+    np.testing.assert_allclose(b, boxes, atol=1e-3)
+    np.testing.assert_allclose(m, marks, atol=1e-3)
+
+
+def test_anchor_count_matches_levels():
+    # strides 8/16/32, 2 anchors each, sides rounded up
+    assert len(anchors_for(100, 64)) == 2 * (13 * 8 + 7 * 4 + 4 * 2)
+
+
+def test_letterbox_keeps_aspect_and_pads_to_32():
+    canvas, scales = letterbox_batch([np.zeros((300, 400, 3), np.uint8),
+                                      np.zeros((500, 100, 3), np.uint8)], 480)  # fmt: skip
+    assert canvas.shape == (2, 480, 480, 3) and scales == [1.2, 0.96]
+    assert (canvas[1, :, 100:] == 114).all()  # grey border right of the narrow image
+
+
+def test_decoded_faces_map_back_to_source_pixels():
+    anchors = np.array([[40.0, 40, 20, 20], [80, 80, 20, 20]], np.float32)
+    logits = np.array([5.0, -5.0])
+    faces = faces_from_outputs(np.zeros((2, 4)), logits, np.zeros((2, 10)), anchors, 2.0,
+                               (100, 100), 0.5)  # fmt: skip
+    assert len(faces) == 1
+    np.testing.assert_allclose(faces[0].box, (15, 15, 25, 25))
+    assert faces[0].landmarks.shape == (5, 2) and faces[0].score > 0.99
+
+
+def test_assign_gives_every_face_an_anchor_and_respects_ignore():
+    anchors = anchors_for(128, 128)
+    boxes = np.array([[10.0, 10, 19, 19], [60, 60, 100, 100]])
+    marks = np.full((2, 5, 2), np.nan)
+    marks[1] = [[70, 70], [90, 70], [80, 80], [72, 92], [88, 92]]
+    labels, tbox, tlm, lmask = assign(anchors, boxes, marks, np.array([False, False]))
+    axy = np.concatenate([anchors[:, :2] - anchors[:, 2:] / 2, anchors[:, :2] + anchors[:, 2:] / 2], 1)
+    pos = np.nonzero(labels == 1)[0]
+    b, _ = decode(anchors[pos], tbox[pos], tlm[pos])
+    assert any(np.allclose(x, boxes[0], atol=1e-3) for x in b)
+    assert any(np.allclose(x, boxes[1], atol=1e-3) for x in b)
+    assert lmask[pos].any() and not lmask[labels != 1].any()
+    labels2, *_ = assign(anchors, boxes, marks, np.array([True, False]))
+    # the tiny face's anchors are ignored (-1), not background, when it is marked ignore
+    near = (np.abs(axy[:, :2] - 10).max(1) < 8) & (labels == 1)
+    assert (labels2[near] == -1).all()
+
+
+def test_augment_flip_keeps_landmarks_inside_their_box():
+    rng = np.random.default_rng(3)
+    img = np.zeros((200, 300, 3), np.uint8)
+    boxes = np.array([[100.0, 50, 160, 130]])
+    marks = np.array([[[115.0, 80], [145, 80], [130, 95], [118, 115], [142, 115]]])
+    cfg = SSDTrainConfig(size=128, crop=128, scale_min=0.9, scale_max=1.1)
+    for _ in range(10):
+        im, b, m, ign = augment(rng, img, boxes, marks, cfg)
+        assert im.shape == (128, 128, 3)
+        if len(b) and not ign[0]:
+            assert (m[0, :, 0] >= b[0, 0] - 1).all() and (m[0, :, 0] <= b[0, 2] + 1).all()
+            assert m[0, 0, 0] < m[0, 1, 0]  # left eye stays left of the right eye
+
+
+def test_registry_and_missing_weights(tmp_path, monkeypatch):
+    assert {"ssd-mbv2", "ssd-mbv2-onnx"} <= set(available_detectors())
+    det = get_detector("ssd-mbv2", weights=str(tmp_path / "none.pt"))
+    with pytest.raises(WeightsError, match="not found"):
+        det.detect(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(Exception, match="unknown options"):
+        get_detector("ssd-mbv2", sizes=3)
+
+
+def _synthetic_boxes(tmp_path, n=24):
+    rng = np.random.default_rng(0)
+    rows = []
+    names = [f"im{i}.png" for i in range(n)]
+    side = split_images(names)
+    for name in names:
+        if side[name] == "test":  # never to be opened: not even an image
+            (tmp_path / name).write_bytes(b"not an image")
+        else:
+            img = rng.integers(0, 60, (96, 128, 3), dtype=np.uint8)
+            x, y = rng.integers(8, 60, 2)
+            img[y : y + 28, x : x + 28] = (200, 170, 150)
+            Image.fromarray(img).save(tmp_path / name)
+        rows.append({"image": name, "x1": 8, "y1": 8, "x2": 36, "y2": 36, "label": "with_mask"})
+    pd.DataFrame(rows).to_csv(tmp_path / "boxes.csv", index=False)
+    return side
+
+
+def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+    side = _synthetic_boxes(tmp_path)
+    assert "test" in side.values()
+    cfg = SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=96, crop=64,
+                         epochs=1, batch_size=4, precision_target=0.5)  # fmt: skip
+    meta = train_ssd(cfg, progress=None)
+    used = set(meta["train_image_names"])
+    assert used and not {n for n, s in side.items() if s == "test"} & used
+    assert meta["arch"] == "ssd-mbv2" and 0 <= meta["score_thresh"] <= 1
+
+    from facelab.detect.ssd_onnx import export_ssd, ssd_parity
+
+    onnx = export_ssd(tmp_path / "d.pt", tmp_path / "d.onnx")
+    assert ssd_parity(tmp_path / "d.pt", onnx) < 1e-3
+    images = [np.asarray(Image.open(tmp_path / n)) for n in sorted(used)[:3]]
+    images.append(np.zeros((50, 70, 3), np.uint8))  # another size in the same batch
+    a = get_detector("ssd-mbv2", weights=str(tmp_path / "d.pt"), score_thresh=0.3)
+    b = get_detector("ssd-mbv2-onnx", weights=str(tmp_path / "d.pt"), score_thresh=0.3)
+    fa, fb = a.detect_batch(images), b.detect_batch(images)
+    assert [len(x) for x in fa] == [len(x) for x in fb]
+    for x, y in zip(fa, fb):
+        for f, g in zip(x, y):
+            np.testing.assert_allclose(f.box, g.box, atol=0.05)
+    # usable in cascade specs like any backend
+    union = detector_from_spec(f"ssd-mbv2(weights={tmp_path / 'd.pt'})|haar")
+    assert isinstance(union.detect(images[0]), list)
+
+
+@pytest.mark.skipif(not repo_weights().is_file(), reason="no committed weights/ssd-mbv2.pt")
+def test_committed_weights_load_as_data_and_are_small():
+    from facelab.detect.ssd import load_checkpoint
+
+    assert repo_weights().stat().st_size <= 20 * 2**20
+    meta = load_checkpoint(repo_weights())["meta"]
+    assert meta["split"] == "image-hash" and meta["train_images"] > 0
+    # the committed detector was trained on the training split only
+    names = meta["train_image_names"]
+    side = split_images(names)
+    assert all(side[n] == "train" for n in names)
+
+
+def test_merge_scales_prefers_the_coarse_face_over_its_parts():
+    from facelab.detect.ssd import merge_scales
+    from facelab.types import Face
+
+    close_up = Face((10.0, 10.0, 190.0, 190.0), 0.7)  # coarse pass: the whole face
+    parts = [Face((40.0, 50.0, 90.0, 100.0), 0.9), Face((110.0, 50.0, 160.0, 100.0), 0.8)]
+    other = Face((300.0, 40.0, 330.0, 70.0), 0.6)  # a small face elsewhere: fine pass only
+    dup = Face((12.0, 8.0, 188.0, 192.0), 0.95)  # the same face, fine pass: the coarse box wins
+    out = merge_scales([*parts, other, dup], [close_up])
+    assert [f.box for f in out] == [close_up.box, other.box]
+    near = Face((150.0, 150.0, 250.0, 250.0), 0.9)  # overlaps, but mostly outside: NMS decides
+    assert [f.box for f in merge_scales([near], [close_up])] == [near.box, close_up.box]
+    assert merge_scales([other], []) == [other] and merge_scales([], [close_up]) == [close_up]
