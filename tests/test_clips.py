@@ -16,7 +16,7 @@ import torch
 from facelab.clips.config import load_clip_config
 from facelab.clips.dataset import from_csv, from_folder, load_clips
 from facelab.clips.engine import _train_indices, fit, load_model, load_stacks, predict_clips
-from facelab.clips.folds import assign_folds, bootstrap, check_folds
+from facelab.clips.folds import assign_folds, bootstrap, check_folds, present_macro_f1
 from facelab.clips.video import FrameCache, decode_clip, segment_indices
 from facelab.errors import ConfigError, ImageDecodeError, LeakageError
 from facelab.paths import missing_data
@@ -186,6 +186,17 @@ def test_bootstrap_intervals_cover_the_point():
     m = bootstrap(y, pred, np.arange(40) // 2, 2, n=200)
     assert m["units"] == 20 and m["accuracy"] == pytest.approx(34 / 40)
     assert m["macro_f1_ci"][0] <= m["macro_f1"] <= m["macro_f1_ci"][1] < 1
+
+
+def test_bootstrap_a_class_missing_from_a_resample_is_not_scored_zero():
+    # 11 classes, 2 clips each, all right: every resample is perfect even when it lacks
+    # classes (counting an absent class as F1 0 used to give a lower bound near 0.75)
+    y = np.repeat(np.arange(11), 2)
+    m = bootstrap(y, y.copy(), np.arange(22), 11, n=300)
+    assert m["macro_f1"] == 1.0 and m["macro_f1_ci"] == [1.0, 1.0]
+    # a wrong prediction into a class absent from the truth still costs the true class
+    assert present_macro_f1(np.array([0, 0]), np.array([0, 1]), 3) == pytest.approx(2 / 3)
+    assert present_macro_f1(np.array([0, 1]), np.array([0, 1]), 3) == 1.0
 
 
 def test_loaders_csv_and_folder(clip_set, tmp_path):
