@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from facelab.clips.config import ClipConfig
+from facelab.clips.crop import apply_crop
 from facelab.clips.model import ClipModel
 from facelab.clips.video import FrameCache
 from facelab.config import build_dataclass
@@ -111,6 +112,7 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     cache = cache or make_cache(cfg)
     s = cfg.sampling
     stacks, bad = load_stacks(list(table["clip"]), (s.pool, s.eval_frames), cache, progress)
+    stacks = {c: apply_crop(st, cfg.data.crop, s.pool) for c, st in stacks.items()}
     _write_skipped(out / "skipped.csv", bad)
     table = table[table["clip"].isin(stacks)].reset_index(drop=True)
     if table.empty:
@@ -201,11 +203,11 @@ def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cache = cache or make_cache(cfg)
-    k = cfg.sampling.eval_frames
-    stacks, bad = load_stacks(clips, (k,), cache, progress)
+    k, pool = cfg.sampling.eval_frames, cfg.sampling.pool
+    stacks, bad = load_stacks(clips, (k,) if cfg.data.crop == "none" else (k, pool), cache, progress)
+    stacks = {c: apply_crop(st, cfg.data.crop, pool) for c, st in stacks.items()}
     model.eval()
-    n_classes = model.head[-1].out_features if model.kind == "2d" else model.net.fc[-1].out_features
-    probs = np.full((len(clips), n_classes), np.nan, np.float32)
+    probs = np.full((len(clips), model.n_classes), np.nan, np.float32)
     ok = [i for i, c in enumerate(clips) if c in stacks]
     t0 = time.perf_counter()
     for i in range(0, len(ok), batch_size):
