@@ -68,6 +68,13 @@ def write_zero_frames(path: Path) -> Path:
     return path
 
 
+def write_unknown_codec(path: Path) -> Path:
+    """An AVI whose video stream names a codec FFmpeg does not know (fourcc ZZZ9)."""
+    src = write_clip(path.with_name("for_unknown.avi"), "adl", n=4, size=32)
+    path.write_bytes(src.read_bytes().replace(b"FMP4", b"ZZZ9"))
+    return path
+
+
 def write_truncated(path: Path, src: Path) -> Path:
     data = src.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -142,18 +149,21 @@ def test_bad_inputs_are_listed_and_the_batch_goes_on(tmp_path):
         "audio": write_audio_only(tmp_path / "audio.mp4"),
         "text": tmp_path / "notes.mp4",
         "missing": tmp_path / "gone.mp4",
+        "codec": write_unknown_codec(tmp_path / "unknown.avi"),
     }
     bad["text"].write_text("this is not a video")
     expected = {"truncated": "cannot open", "zero": "zero decodable frames", "audio": "no video stream",
-                "text": "cannot open", "missing": "not found"}
+                "text": "cannot open", "missing": "not found", "codec": "codec is unknown"}
     for name, path in bad.items():
         with pytest.raises(ImageDecodeError) as exc:
             decode_clip(path, 32)
         msg = str(exc.value)
         assert "\n" not in msg and str(path) in msg and expected[name] in msg, msg
-    clips = [str(good)] + [str(p) for p in bad.values()] + [str(good)]
+    # a 4K clip is no error: frames are scaled as they are decoded
+    uhd = write_clip(tmp_path / "uhd.mp4", "adl", n=3, size=2160, codec="libx264")
+    clips = [str(good)] + [str(p) for p in bad.values()] + [str(uhd), str(good)]
     stacks, failed = load_stacks(clips, (1,), FrameCache(32, tmp_path / "c"))
-    assert list(stacks) == [str(good)]
+    assert list(stacks) == [str(good), str(uhd)] and stacks[str(uhd)][1].shape == (1, 32, 32, 3)
     assert [c for c, _ in failed] == [str(p) for p in bad.values()]
 
 

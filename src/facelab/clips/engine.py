@@ -23,7 +23,8 @@ import torchvision.transforms.v2.functional as TF
 from facelab.clips.config import ClipConfig
 from facelab.clips.crop import apply_crop
 from facelab.clips.model import ClipModel
-from facelab.clips.video import FrameCache
+from facelab.clips.timeline import DetectConfig, sliding_probs
+from facelab.clips.video import FrameCache, decode_timed
 from facelab.config import build_dataclass
 from facelab.errors import CheckpointError, DataFormatError, ImageDecodeError
 from facelab.runtime import tune_allocator
@@ -216,6 +217,26 @@ def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
         probs[idx] = torch.softmax(model(x), 1).numpy()
     dt = time.perf_counter() - t0
     return probs, bad, (len(ok) / dt if dt > 0 and ok else 0.0)
+
+
+def clip_scorer(model: ClipModel):
+    """uint8 frame stacks (B, k, H, W, 3) -> class probabilities (B, C), for
+    facelab.clips.timeline.sliding_probs."""
+    def score(frames: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(model(_to_tensor(frames)), 1).numpy()
+    return score
+
+
+def predict_timeline(model: ClipModel, cfg: ClipConfig, classes: list[str], clip: str | Path,
+                     det: DetectConfig, fps: float = 10.0) -> pd.DataFrame:
+    """Sliding-window class probabilities over a (long) video; decoded at <= `fps` frames/s
+    and scaled as the model was trained. Raises ImageDecodeError for a bad file."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    frames, times = decode_timed(clip, cfg.data.size, fps)
+    return sliding_probs(frames, times, clip_scorer(model.eval()), classes,
+                         cfg.sampling.eval_frames, det, cfg.data.crop, cfg.sampling.pool)
 
 
 def _labels_to_ids(labels, classes: list[str]) -> np.ndarray:
