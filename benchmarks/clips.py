@@ -57,9 +57,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from facelab.clips.config import load_clip_config
+from facelab.clips.crop import apply_crop
 from facelab.clips.dataset import load_clips
 from facelab.clips.engine import fit, load_model, load_stacks, predict_clips
-from facelab.clips.crop import apply_crop
 from facelab.clips.folds import assign_folds, bootstrap, present_macro_f1
 from facelab.clips.video import FrameCache
 from facelab.models.backbone import create_backbone
@@ -182,6 +182,18 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
         print(lines[-1], flush=True)
 
 
+def setup():
+    """Both clip sets (fall vs ADL), one torch thread, quiet logs; None (said why) when the
+    data sets are absent."""
+    logging.basicConfig(level=logging.WARNING)
+    reason = missing_data("gmdcsa24-fall", "up-fall")
+    if reason:
+        print(f"skipped: {reason}")
+        return None
+    torch.set_num_threads(1)
+    return load_clips("both")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[112, 160])
@@ -199,16 +211,12 @@ def main() -> None:
     args = ap.parse_args()
     for m in args.methods + args.levers:
         parse_method(m)
-    logging.basicConfig(level=logging.WARNING)
-    reason = missing_data("gmdcsa24-fall", "up-fall")
-    if reason:
-        print(f"skipped: {reason}")
+    both = setup()
+    if both is None:
         return
-    torch.set_num_threads(1)
     t_start = time.perf_counter()
-    both = load_clips("both")
-    lines = [f"sizes {args.sizes} px, 2D {args.epochs} epochs, 3D/i3d {args.epochs3d} epochs, "
-             "torch threads 1"]
+    lines = [(f"sizes {args.sizes} px, 2D {args.epochs} epochs, 3D/i3d {args.epochs3d} epochs, "
+              "torch threads 1")]
     print(lines[0])
     skipped = []
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import shutil
 import sys
 import tempfile
@@ -40,19 +39,23 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np
 import pandas as pd
 import torch
+from clips import Features, finetune_cfg, setup
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clips import Features, finetune_cfg
-from facelab.clips.dataset import load_clips
 from facelab.clips.engine import clip_scorer, fit, load_model, load_stacks
-from facelab.clips.timeline import (DetectConfig, detect_intervals, event_scores, fall_segments,
-                                    sliding_probs, summarize)
+from facelab.clips.timeline import (
+    DetectConfig,
+    detect_intervals,
+    event_scores,
+    fall_segments,
+    sliding_probs,
+    summarize,
+)
 from facelab.clips.video import FrameCache, decode_timed
 from facelab.models.backbone import create_backbone
-from facelab.paths import missing_data
 
 SIZE, FPS = 112, 10.0
 WINDOW = DetectConfig(window=2.0, hop=0.5, merge_gap=1.0)
@@ -115,7 +118,7 @@ def choose(tls, truth, durations) -> tuple[float, float]:
     for thr, min_d in itertools.product(THRESHOLDS, MIN_DURATIONS):
         s = scores_at(tls, truth, durations, thr, min_d)
         p, r = s["precision"], s["recall"]
-        f1 = 0.0 if not (p == p and r == r) or p + r == 0 else 2 * p * r / (p + r)
+        f1 = 0.0 if np.isnan(p) or np.isnan(r) or p + r == 0 else 2 * p * r / (p + r)
         key = (f1, -s["false_alarms"], thr)
         if best_key is None or key > best_key:
             best, best_key = (thr, min_d), key
@@ -145,14 +148,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--epochs3d", type=int, default=3)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    reason = missing_data("gmdcsa24-fall", "up-fall")
-    if reason:
-        print(f"skipped: {reason}")
+    both = setup()
+    if both is None:
         return
-    torch.set_num_threads(1)
     t_start = time.perf_counter()
-    both = load_clips("both")
     gm = both[both["dataset"] == "gmdcsa24"]
     up = both[both["dataset"] == "up-fall"]
     cache = FrameCache(SIZE)
@@ -167,9 +166,9 @@ def main() -> None:
     print(f"{len(videos)} GMDCSA24 videos decoded at <= {FPS:g} fps in {time.perf_counter() - t0:.1f} s; "
           f"{sum(durations.values()) / 60:.2f} min of video, {sum(map(len, truth.values()))} falls")
     subjects = sorted(gm["subject"].unique())
-    lines = ["| method | falls found / total | event recall [95% CI] | false alarms | "
-             "false alarms / min outside falls [95% CI] | per-subject recall; FA/min | "
-             "chosen threshold, min duration per subject |", "|---|---|---|---|---|---|---|"]
+    lines = [("| method | falls found / total | event recall [95% CI] | false alarms | "
+              "false alarms / min outside falls [95% CI] | per-subject recall; FA/min | "
+              "chosen threshold, min duration per subject |"), "|---|---|---|---|---|---|---|"]
     for method in args.methods:
         trainer = Baseline(feats).train if method == "baseline-mid" else finetuned(method, cache, args)
         per_subject, chosen = [], []

@@ -86,7 +86,7 @@ def main() -> None:
         (args.out / stale).unlink(missing_ok=True)
     print("$ facelab " + " ".join(cmd[3:]))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     print(r.stdout.strip() or r.stderr.strip())
     if r.returncode:
         sys.exit(r.stderr)

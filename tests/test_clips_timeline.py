@@ -14,8 +14,15 @@ import pytest
 from facelab.clips.config import load_clip_config
 from facelab.clips.dataset import from_csv
 from facelab.clips.engine import fit
-from facelab.clips.timeline import (DetectConfig, detect_intervals, event_scores, fall_segments,
-                                    sliding_probs, summarize, window_starts)
+from facelab.clips.timeline import (
+    DetectConfig,
+    detect_intervals,
+    event_scores,
+    fall_segments,
+    sliding_probs,
+    summarize,
+    window_starts,
+)
 from facelab.clips.video import decode_timed
 from facelab.paths import missing_data
 

@@ -13,7 +13,6 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from facelab.errors import ConfigError, LeakageError
-from facelab.predict.calibrate import macro_f1
 
 
 def assign_folds(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:

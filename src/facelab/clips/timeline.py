@@ -15,9 +15,9 @@ intervals of one class (e.g. falls) and event-level scores against annotated seg
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
