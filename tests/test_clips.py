@@ -255,6 +255,52 @@ def test_3d_model_trains_a_step(clip_set, tmp_path):
     assert res.history and classes == ["adl", "fall"]
 
 
+def test_inflated_mobilenet_matches_2d_on_a_still_clip_and_trains(clip_set, tmp_path):
+    from facelab.clips.inflate import inflate
+    from facelab.models.backbone import create_backbone
+
+    torch.manual_seed(0)
+    bb = create_backbone("mobilenet_v2", "imagenet").eval()  # offline weights
+    x = torch.rand(2, 3, 48, 48)
+    y2 = bb(x)
+    inflate(bb.body, 3)
+    assert not any(isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d)) for m in bb.modules())
+    still = x.unsqueeze(2).repeat(1, 1, 5, 1, 1)  # 5 identical frames: the 2D features
+    scale = y2.abs().max()
+    assert (bb(still) - y2).abs().max() < 1e-4 * scale
+    moving = still.clone()
+    moving[:, :, 2] = 0
+    assert (bb(moving) - y2).abs().max() > 1e-2 * scale  # time matters once frames differ
+    cfg = load_clip_config(None, ["model.kind=i3d", "model.pretrained=", "model.freeze=2",
+                                  "data.size=32", "sampling.pool=4", "sampling.train_frames=4",
+                                  "sampling.eval_frames=4", "epochs=1", "batch_size=8",
+                                  f"data.cache_dir={tmp_path / 'c'}"])
+    table = from_csv(clip_set / "labels.csv")
+    fit(cfg, table, tmp_path / "runi3d")
+    model, _, _ = load_model(tmp_path / "runi3d")
+    probs, bad, _ = predict_clips(model, cfg, list(table["clip"][:2]))
+    assert probs.shape == (2, 2) and not bad and np.allclose(probs.sum(1), 1, atol=1e-5)
+    with pytest.raises(ConfigError):
+        load_clip_config(None, ["model.kind=i3d", "model.time_kernel=2"])
+
+
+def test_motion_crop_centres_the_moving_square(tmp_path):
+    from facelab.clips.crop import apply_crop, motion_box
+
+    frames = np.full((8, 64, 64, 3), 50, np.uint8)
+    for t in range(8):  # a square moving down in the left half
+        frames[t, 10 + 3 * t:18 + 3 * t, 8:16] = 250
+    x0, y0, x1, y1 = motion_box(frames)
+    assert x0 <= 8 and x1 >= 16 and y0 <= 12 and y1 >= 36 and x1 - x0 == y1 - y0 < 64
+    out = apply_crop({1: frames[[4]], 8: frames}, "motion", 8)
+    assert out[1].shape == (1, 64, 64, 3) and out[8].shape == frames.shape
+    assert (out[1] > 200).mean() > 2 * (frames[4] > 200).mean()  # the person fills more
+    still = np.full((8, 64, 64, 3), 50, np.uint8)
+    assert motion_box(still) == (0, 0, 64, 64)  # nothing moves: the whole frame
+    with pytest.raises(ConfigError):
+        load_clip_config(None, ["data.crop=person"])
+
+
 def test_cli_train_cv_evaluate_predict(clip_set, tmp_path, cache_env):
     from typer.testing import CliRunner
 
