@@ -148,6 +148,10 @@ def run_finetune(method, args, size, train, test, cache, classes):
     return proba, res.train_clips_per_s, infer
 
 
+def _speed(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
 def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_folds=None):
     """Out-of-fold predictions of every method on the same folds (scored on `test_folds`,
     default all); one table row each."""
@@ -178,7 +182,7 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
         a, fci = m["accuracy_ci"], m["macro_f1_ci"]
         lines.append(f"| {method} | {m['accuracy']:.3f} [{a[0]:.2f}, {a[1]:.2f}] | "
                      f"{m['macro_f1']:.3f} [{fci[0]:.2f}, {fci[1]:.2f}] | {per_fold} | "
-                     f"{np.mean(tr_speed):.0f} | {np.mean(inf_speed):.0f} |")
+                     f"{_speed(np.mean(tr_speed))} | {_speed(np.mean(inf_speed))} |")
         print(lines[-1], flush=True)
 
 
