@@ -11,18 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from facelab.clips import timeline
 from facelab.clips.config import load_clip_config
 from facelab.clips.dataset import from_csv
 from facelab.clips.engine import fit
-from facelab.clips.timeline import (
-    DetectConfig,
-    detect_intervals,
-    event_scores,
-    fall_segments,
-    sliding_probs,
-    summarize,
-    window_starts,
-)
+from facelab.clips.timeline import DetectConfig, detect_intervals, sliding_probs
 from facelab.clips.video import decode_timed
 from facelab.paths import missing_data
 
@@ -68,13 +61,13 @@ def test_sliding_window_finds_the_event_and_no_false_alarm(tmp_path):
     frames, times = decode_timed(clip, 32, fps=FPS)
     det = DetectConfig(window=2.0, hop=0.5, threshold=0.5, min_duration=0.0, merge_gap=1.0)
     tl = sliding_probs(frames, times, red_share, ["adl", "fall"], 4, det)
-    assert len(tl) == len(window_starts(12.0, 2.0, 0.5)) == 21
+    assert len(tl) == len(timeline.window_starts(12.0, 2.0, 0.5)) == 21
     assert np.allclose(tl[["p_adl", "p_fall"]].sum(axis=1), 1)
     peak = tl.loc[tl["p_fall"].idxmax()]
     assert 5.0 <= peak["center"] <= 7.0 and peak["p_fall"] == 1.0
     iv = detect_intervals(tl, "fall", det)
     assert len(iv) == 1 and iv["start"][0] < 7.0 and iv["end"][0] > 5.0
-    s = summarize([event_scores(list(zip(iv.start, iv.end)), [(5.0, 7.0)], 12.0)])
+    s = timeline.summarize([timeline.event_scores(list(zip(iv.start, iv.end)), [(5.0, 7.0)], 12.0)])
     assert s["recall"] == 1.0 and s["false_alarms"] == 0 and s["negative_s"] == 10.0
     # a threshold nothing reaches finds nothing; a video without the event gives no alarm
     assert detect_intervals(tl, "fall", DetectConfig(threshold=1.01)).empty
@@ -134,7 +127,7 @@ def test_gmdcsa24_fall_segments():
     from facelab.clips.dataset import gmdcsa24
 
     t = gmdcsa24()
-    falls = t["segments"].map(fall_segments)
+    falls = t["segments"].map(timeline.fall_segments)
     assert (falls[t["label"] == "fall"].map(len) >= 1).all()
     assert (falls[t["label"] == "adl"].map(len) == 0).all()
     assert all(0 <= a < b <= 13 for segs in falls for a, b in segs)
