@@ -10,7 +10,8 @@ import typer
 from facelab.cli import app
 
 clips_app = typer.Typer(help="Short video clip classifiers (fall vs ADL, activities): train with "
-                        "grouped cross-validation, evaluate, predict.", no_args_is_help=True)
+                        "grouped cross-validation, evaluate, predict per clip or along long "
+                        "videos (predict --timeline).", no_args_is_help=True)
 app.add_typer(clips_app, name="clips")
 
 
