@@ -33,9 +33,9 @@ def _conv3d(conv: nn.Conv2d, time_kernel: int) -> nn.Conv3d:
     kh, kw = conv.kernel_size
     t = time_kernel if max(kh, kw) > 1 else 1
     out = TimePadConv3d(conv.in_channels, conv.out_channels, (t, kh, kw),
-                    stride=(1, *conv.stride), padding=(0, *conv.padding),
-                    dilation=(1, *conv.dilation), groups=conv.groups, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode)
+                        stride=(1, *conv.stride), padding=(0, *conv.padding),
+                        dilation=(1, *conv.dilation), groups=conv.groups,
+                        bias=conv.bias is not None, padding_mode=conv.padding_mode)
     with torch.no_grad():
         out.weight.copy_(conv.weight.unsqueeze(2).repeat(1, 1, t, 1, 1) / t)
         if conv.bias is not None:
