@@ -15,16 +15,26 @@ these folds):
   seed's winner), middle frame at test;
 - 2d-k8: the same backbone on 8 frames (one random frame per segment), scores averaged
   (TSN), 8 uniform frames at test;
-- each fine-tuned model without and with rotation augmentation (+-30 degrees).
-Fine-tuning: 112 px whole frames, first 12 of 19 MobileNetV2 stages frozen, AdamW lr 1e-3,
-cosine, 6 epochs, batch 16, horizontal flip; seed 0.
+- i3d-k8: MobileNetV2 inflated to 3D (facelab.clips.inflate: ImageNet 2D weights, 3x3x3
+  depthwise kernels, first 12 stages frozen) on 8 frames, trained --epochs3d epochs;
+- 3d-r3d: torchvision r3d_18 from scratch (no Kinetics weights offline) on 8 frames,
+  --epochs3d epochs;
+- each fine-tuned model without and with rotation augmentation (+-30 degrees), at each of
+  --sizes (whole frames scaled to size x size);
+- levers for the cross-dataset parts (--levers): `+mcrop`, frames cut to the square around
+  what moves in the clip (facelab.clips.crop; a person-centred crop with no detector).
+Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, cosine,
+6 epochs (2D) / 3 (i3d, 3D), batch 16, horizontal flip; seed 0.
+Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
+use the same folds.
 
 Intervals: 95% percentile bootstrap (1000 resamples) of the pooled out-of-fold predictions,
 resampling events (a GMDCSA24 clip, or a UP-Fall trial's two views together).
 Speeds: train clips/s (a clip = one step's sample), inference clips/s on decoded, cached
 frames (model only), single thread; decoding is timed separately on the first, uncached pass.
 
-    FACELAB_DATA=../shared/data .venv/bin/python benchmarks/clips.py [--epochs 6] [--size 112]
+    FACELAB_DATA=../shared/data .venv/bin/python benchmarks/clips.py [--sizes 112 160]
+        [--parts binary activity cross] [--methods ...] [--levers ...] [--skip PART:SIZE:METHOD]
 """
 
 from __future__ import annotations
@@ -47,49 +57,73 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from facelab.clips.config import load_clip_config
+from facelab.clips.crop import apply_crop
 from facelab.clips.dataset import load_clips
 from facelab.clips.engine import fit, load_model, load_stacks, predict_clips
-from facelab.clips.folds import assign_folds, bootstrap, macro_f1
+from facelab.clips.folds import assign_folds, bootstrap, present_macro_f1
 from facelab.clips.video import FrameCache
 from facelab.models.backbone import create_backbone
 from facelab.paths import missing_data
 
 ROTATE = 30.0
-METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot")
+BASES = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-k8", "i3d-k8", "3d-r3d")
+# a method is a base plus optional switches: +rot (rotation +-30 degrees), +mcrop (motion crop)
+METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot",
+           "i3d-k8", "i3d-k8+rot", "3d-r3d", "3d-r3d+rot")
+LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+mcrop")
 
 
-def finetune_cfg(method: str, args) -> object:
-    k = 8 if "k8" in method else 1
+def parse_method(method: str) -> tuple[str, set[str]]:
+    base, *flags = method.split("+")
+    if base not in BASES or not set(flags) <= {"rot", "mcrop"}:
+        raise SystemExit(f"unknown method {method!r}: a base of {BASES} with +rot / +mcrop")
+    return base, set(flags)
+
+
+def finetune_cfg(method: str, args, size: int) -> object:
+    base, flags = parse_method(method)
+    k = 1 if base == "2d-1f" else 8
+    kind = base.split("-")[0]
+    epochs = args.epochs3d if kind in ("3d", "i3d") else args.epochs
     return load_clip_config(None, [
-        f"data.size={args.size}", f"epochs={args.epochs}", "batch_size=16", "lr=0.001",
-        "model.freeze=12", "sampling.pool=16", f"sampling.train_frames={k}",
-        f"sampling.eval_frames={k}", f"augment.rotate={ROTATE if 'rot' in method else 0}",
-        "seed=0", "threads=1"])
+        f"data.size={size}", f"epochs={epochs}", "batch_size=16", "lr=0.001",
+        f"model.kind={kind}", "model.arch3d=r3d_18", "model.time_kernel=3",
+        f"model.freeze={0 if kind == '3d' else 12}", f"model.pretrained={'' if kind == '3d' else 'imagenet'}",
+        "sampling.pool=16", f"sampling.train_frames={k}", f"sampling.eval_frames={k}",
+        f"augment.rotate={ROTATE if 'rot' in flags else 0}",
+        f"data.crop={'motion' if 'mcrop' in flags else 'none'}", "seed=0", "threads=1"])
 
 
 class Features:
-    """Frozen ImageNet MobileNetV2 features of the middle frame and of 8 uniform frames."""
+    """Frozen ImageNet MobileNetV2 features of the middle frame and of 8 uniform frames
+    (whole frames, and with `mcrop` frames cut around the clip's motion)."""
 
-    def __init__(self, stacks: dict, size: int):
+    def __init__(self, stacks: dict, mcrop: bool = False):
         bb = create_backbone("mobilenet_v2", "imagenet").eval()
         mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
         std = torch.tensor(bb.std).view(1, 3, 1, 1)
-        self.mid, self.mean8 = {}, {}
+        self.sets = {}
         t0 = time.perf_counter()
-        with torch.no_grad():
-            for clip, st in stacks.items():
-                x = torch.from_numpy(np.concatenate([st[1], st[8]])).permute(0, 3, 1, 2).float() / 255
-                f = bb((x - mean) / std).numpy()
-                self.mid[clip], self.mean8[clip] = f[0], f[1:].mean(0)
-        self.frames_per_s = 9 * len(stacks) / (time.perf_counter() - t0)
+        for crop in ("none", "motion") if mcrop else ("none",):
+            mid, mean8 = {}, {}
+            with torch.no_grad():
+                for clip, st in stacks.items():
+                    st = apply_crop(st, crop, 16)
+                    x = torch.from_numpy(np.concatenate([st[1], st[8]])).permute(0, 3, 1, 2).float() / 255
+                    f = bb((x - mean) / std).numpy()
+                    mid[clip], mean8[clip] = f[0], f[1:].mean(0)
+            self.sets[crop] = (mid, mean8)
+        self.frames_per_s = 9 * len(stacks) * len(self.sets) / (time.perf_counter() - t0)
 
 
 def run_baseline(method, feats, train, test, classes):
-    src = feats.mid if method == "baseline-mid" else feats.mean8
+    base, flags = parse_method(method)
+    mid, mean8 = feats.sets["motion" if "mcrop" in flags else "none"]
+    src = mid if base == "baseline-mid" else mean8
     xtr = np.stack([src[c] for c in train["clip"]])
     xte = np.stack([src[c] for c in test["clip"]])
     ytr = train["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    frames = 1 if method == "baseline-mid" else 8
+    frames = 1 if base == "baseline-mid" else 8
     t0 = time.perf_counter()
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000)).fit(xtr, ytr)
     fit_s = time.perf_counter() - t0
@@ -100,8 +134,8 @@ def run_baseline(method, feats, train, test, classes):
     return proba, len(train) / (len(train) * extract_s + fit_s), 1 / extract_s
 
 
-def run_finetune(method, args, train, test, cache, classes):
-    cfg = finetune_cfg(method, args)
+def run_finetune(method, args, size, train, test, cache, classes):
+    cfg = finetune_cfg(method, args, size)
     tmp = Path(tempfile.mkdtemp(prefix="clipbench_"))
     try:
         res = fit(cfg, train, tmp, resume=False, cache=cache)
@@ -114,13 +148,17 @@ def run_finetune(method, args, train, test, cache, classes):
     return proba, res.train_clips_per_s, infer
 
 
-def evaluate(name, table, folds, methods, args, feats, cache, lines, test_folds=None):
+def _speed(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_folds=None):
     """Out-of-fold predictions of every method on the same folds (scored on `test_folds`,
     default all); one table row each."""
     test_folds = sorted(set(folds)) if test_folds is None else test_folds
     classes = sorted(table["label"].unique())
     y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    lines.append(f"\n### {name}\n")
+    lines.append(f"\n### {name}, {size} px\n")
     lines.append("| method | accuracy [95% CI] | macro F1 [95% CI] | per-fold macro F1 | "
                  "train clips/s | infer clips/s |")
     lines.append("|---|---|---|---|---|---|")
@@ -132,62 +170,99 @@ def evaluate(name, table, folds, methods, args, feats, cache, lines, test_folds=
             if method.startswith("baseline"):
                 p, a, b = run_baseline(method, feats, tr, te, classes)
             else:
-                p, a, b = run_finetune(method, args, tr, te, cache, classes)
+                p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
             probs[np.flatnonzero(folds == f)] = p
             tr_speed.append(a)
             inf_speed.append(b)
         scored = np.isin(folds, test_folds)
         yy, pred = y[scored], probs[scored].argmax(1)
         m = bootstrap(yy, pred, table["event"].to_numpy()[scored], len(classes))
-        per_fold = " / ".join(f"{macro_f1(yy[folds[scored] == f], pred[folds[scored] == f], len(classes)):.3f}"
+        per_fold = " / ".join(f"{present_macro_f1(yy[folds[scored] == f], pred[folds[scored] == f], len(classes)):.3f}"
                               for f in test_folds)
         a, fci = m["accuracy_ci"], m["macro_f1_ci"]
         lines.append(f"| {method} | {m['accuracy']:.3f} [{a[0]:.2f}, {a[1]:.2f}] | "
                      f"{m['macro_f1']:.3f} [{fci[0]:.2f}, {fci[1]:.2f}] | {per_fold} | "
-                     f"{np.mean(tr_speed):.0f} | {np.mean(inf_speed):.0f} |")
+                     f"{_speed(np.mean(tr_speed))} | {_speed(np.mean(inf_speed))} |")
         print(lines[-1], flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--parts", nargs="+", default=["binary", "activity", "cross"],
-                    choices=["binary", "activity", "cross"])
-    args = ap.parse_args()
+def setup():
+    """Both clip sets (fall vs ADL), one torch thread, quiet logs; None (said why) when the
+    data sets are absent."""
     logging.basicConfig(level=logging.WARNING)
     reason = missing_data("gmdcsa24-fall", "up-fall")
     if reason:
         print(f"skipped: {reason}")
-        return
+        return None
     torch.set_num_threads(1)
+    return load_clips("both")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[112, 160])
+    ap.add_argument("--epochs", type=int, default=6, help="2D fine-tuning epochs")
+    ap.add_argument("--epochs3d", type=int, default=3, help="3D / inflated-3D epochs")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS),
+                    help=f"of {METHODS} (or any base of {BASES} with +rot / +mcrop)")
+    ap.add_argument("--levers", nargs="*", default=list(LEVERS),
+                    help="methods run on the cross-dataset parts only (e.g. motion crops)")
+    ap.add_argument("--parts", nargs="+", default=["binary", "activity", "cross"],
+                    choices=["binary", "activity", "cross"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="PART:SIZE:METHOD combinations not run (printed as skipped), "
+                         "e.g. binary:160:3d-r3d; '*' matches any")
+    args = ap.parse_args()
+    for m in args.methods + args.levers:
+        parse_method(m)
+    both = setup()
+    if both is None:
+        return
     t_start = time.perf_counter()
-    both = load_clips("both")
-    cache = FrameCache(args.size)
-    t0 = time.perf_counter()
-    before = cache.decoded
-    stacks, bad = load_stacks(list(both["clip"]), (1, 8, 16), cache)
-    print(f"frames: {len(stacks)} clips ready in {time.perf_counter() - t0:.1f} s "
-          f"({cache.decoded - before} decoded now, the rest from the cache), {len(bad)} failed")
-    feats = Features({c: s for c, s in stacks.items()}, args.size)
-    lines = [f"size {args.size} px, {args.epochs} epochs, torch threads 1"]
+    lines = [(f"sizes {args.sizes} px, 2D {args.epochs} epochs, 3D/i3d {args.epochs3d} epochs, "
+              "torch threads 1")]
     print(lines[0])
-    if "binary" in args.parts:
-        evaluate("fall vs ADL, GMDCSA24 + UP-Fall, 4 grouped folds (93 clips)", both,
-                 assign_folds(both, 4), args.methods, args, feats, cache, lines)
-    if "activity" in args.parts:
-        up = load_clips("up-fall", task="activity")
-        evaluate("UP-Fall 11 activities, 3 grouped folds by event (67 clips)", up,
-                 assign_folds(up, 3), args.methods, args, feats, cache, lines)
-    if "cross" in args.parts:
-        for src, dst in (("gmdcsa24", "up-fall"), ("up-fall", "gmdcsa24")):
-            part = both[both["dataset"].isin([src, dst])].reset_index(drop=True)
-            folds = (part["dataset"] == dst).astype(int).to_numpy()  # 1: the test set
-            evaluate(f"cross-dataset fall vs ADL: train {src}, test {dst}", part, folds,
-                     args.methods, args, feats, cache, lines, test_folds=[1])
+    skipped = []
+
+    def chosen(part, size, methods):
+        keep = []
+        for m in methods:
+            if any(all(a in ("*", b) for a, b in zip(rule.split(":"), (part, str(size), m)))
+                   for rule in args.skip):
+                if f"{part}:{size}:{m}" not in skipped:
+                    skipped.append(f"{part}:{size}:{m}")
+            else:
+                keep.append(m)
+        return keep
+
+    for size in args.sizes:
+        cache = FrameCache(size)
+        t0 = time.perf_counter()
+        before = cache.decoded
+        stacks, bad = load_stacks(list(both["clip"]), (1, 8, 16), cache)
+        print(f"{size} px frames: {len(stacks)} clips ready in {time.perf_counter() - t0:.1f} s "
+              f"({cache.decoded - before} decoded now, the rest from the cache), {len(bad)} failed")
+        feats = Features(stacks, mcrop=bool(args.levers) and "cross" in args.parts)
+        if "binary" in args.parts:
+            evaluate("fall vs ADL, GMDCSA24 + UP-Fall, 4 grouped folds (93 clips)", both,
+                     assign_folds(both, 4), chosen("binary", size, args.methods), args, size,
+                     feats, cache, lines)
+        if "activity" in args.parts:
+            up = load_clips("up-fall", task="activity")
+            evaluate("UP-Fall 11 activities, 3 grouped folds by event (67 clips)", up,
+                     assign_folds(up, 3), chosen("activity", size, args.methods), args, size,
+                     feats, cache, lines)
+        if "cross" in args.parts:
+            for src, dst in (("gmdcsa24", "up-fall"), ("up-fall", "gmdcsa24")):
+                part = both[both["dataset"].isin([src, dst])].reset_index(drop=True)
+                folds = (part["dataset"] == dst).astype(int).to_numpy()  # 1: the test set
+                evaluate(f"cross-dataset fall vs ADL: train {src}, test {dst}", part, folds,
+                         chosen("cross", size, args.methods + args.levers), args, size, feats,
+                         cache, lines, test_folds=[1])
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     print("\n".join(lines))
+    if skipped:
+        print("\nnot run (--skip, to fit this CPU's time): " + ", ".join(skipped))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from facelab.clips.config import load_clip_config
 from facelab.clips.dataset import from_csv, from_folder, load_clips
 from facelab.clips.engine import _train_indices, fit, load_model, load_stacks, predict_clips
-from facelab.clips.folds import assign_folds, bootstrap, check_folds
+from facelab.clips.folds import assign_folds, bootstrap, check_folds, present_macro_f1
 from facelab.clips.video import FrameCache, decode_clip, segment_indices
 from facelab.errors import ConfigError, ImageDecodeError, LeakageError
 from facelab.paths import missing_data
@@ -65,6 +65,13 @@ def write_zero_frames(path: Path) -> Path:
         stream.width = stream.height = 32
         stream.pix_fmt = "yuv420p"
         out.start_encoding()  # header with a video stream, then no frame at all
+    return path
+
+
+def write_unknown_codec(path: Path) -> Path:
+    """An AVI whose video stream names a codec FFmpeg does not know (fourcc ZZZ9)."""
+    src = write_clip(path.with_name("for_unknown.avi"), "adl", n=4, size=32)
+    path.write_bytes(src.read_bytes().replace(b"FMP4", b"ZZZ9"))
     return path
 
 
@@ -142,18 +149,21 @@ def test_bad_inputs_are_listed_and_the_batch_goes_on(tmp_path):
         "audio": write_audio_only(tmp_path / "audio.mp4"),
         "text": tmp_path / "notes.mp4",
         "missing": tmp_path / "gone.mp4",
+        "codec": write_unknown_codec(tmp_path / "unknown.avi"),
     }
     bad["text"].write_text("this is not a video")
     expected = {"truncated": "cannot open", "zero": "zero decodable frames", "audio": "no video stream",
-                "text": "cannot open", "missing": "not found"}
+                "text": "cannot open", "missing": "not found", "codec": "codec is unknown"}
     for name, path in bad.items():
         with pytest.raises(ImageDecodeError) as exc:
             decode_clip(path, 32)
         msg = str(exc.value)
         assert "\n" not in msg and str(path) in msg and expected[name] in msg, msg
-    clips = [str(good)] + [str(p) for p in bad.values()] + [str(good)]
+    # a 4K clip is no error: frames are scaled as they are decoded
+    uhd = write_clip(tmp_path / "uhd.mp4", "adl", n=3, size=2160, codec="libx264")
+    clips = [str(good)] + [str(p) for p in bad.values()] + [str(uhd), str(good)]
     stacks, failed = load_stacks(clips, (1,), FrameCache(32, tmp_path / "c"))
-    assert list(stacks) == [str(good)]
+    assert list(stacks) == [str(good), str(uhd)] and stacks[str(uhd)][1].shape == (1, 32, 32, 3)
     assert [c for c, _ in failed] == [str(p) for p in bad.values()]
 
 
@@ -186,6 +196,17 @@ def test_bootstrap_intervals_cover_the_point():
     m = bootstrap(y, pred, np.arange(40) // 2, 2, n=200)
     assert m["units"] == 20 and m["accuracy"] == pytest.approx(34 / 40)
     assert m["macro_f1_ci"][0] <= m["macro_f1"] <= m["macro_f1_ci"][1] < 1
+
+
+def test_bootstrap_a_class_missing_from_a_resample_is_not_scored_zero():
+    # 11 classes, 2 clips each, all right: every resample is perfect even when it lacks
+    # classes (counting an absent class as F1 0 gave a lower bound of 0.73)
+    y = np.repeat(np.arange(11), 2)
+    m = bootstrap(y, y.copy(), np.arange(22), 11, n=300)
+    assert m["macro_f1"] == 1.0 and m["macro_f1_ci"] == [1.0, 1.0]
+    # a wrong prediction into a class absent from the truth still costs the true class
+    assert present_macro_f1(np.array([0, 0]), np.array([0, 1]), 3) == pytest.approx(2 / 3)
+    assert present_macro_f1(np.array([0, 1]), np.array([0, 1]), 3) == 1.0
 
 
 def test_loaders_csv_and_folder(clip_set, tmp_path):
@@ -232,6 +253,52 @@ def test_3d_model_trains_a_step(clip_set, tmp_path):
     probs, bad, _ = predict_clips(model, cfg, list(table["clip"][:2]))
     assert probs.shape == (2, 2) and not bad and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert res.history and classes == ["adl", "fall"]
+
+
+def test_inflated_mobilenet_matches_2d_on_a_still_clip_and_trains(clip_set, tmp_path):
+    from facelab.clips.inflate import inflate
+    from facelab.models.backbone import create_backbone
+
+    torch.manual_seed(0)
+    bb = create_backbone("mobilenet_v2", "imagenet").eval()  # offline weights
+    x = torch.rand(2, 3, 48, 48)
+    y2 = bb(x)
+    inflate(bb.body, 3)
+    assert not any(isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d)) for m in bb.modules())
+    still = x.unsqueeze(2).repeat(1, 1, 5, 1, 1)  # 5 identical frames: the 2D features
+    scale = y2.abs().max()
+    assert (bb(still) - y2).abs().max() < 1e-4 * scale
+    moving = still.clone()
+    moving[:, :, 2] = 0
+    assert (bb(moving) - y2).abs().max() > 1e-2 * scale  # time matters once frames differ
+    cfg = load_clip_config(None, ["model.kind=i3d", "model.pretrained=", "model.freeze=2",
+                                  "data.size=32", "sampling.pool=4", "sampling.train_frames=4",
+                                  "sampling.eval_frames=4", "epochs=1", "batch_size=8",
+                                  f"data.cache_dir={tmp_path / 'c'}"])
+    table = from_csv(clip_set / "labels.csv")
+    fit(cfg, table, tmp_path / "runi3d")
+    model, _, _ = load_model(tmp_path / "runi3d")
+    probs, bad, _ = predict_clips(model, cfg, list(table["clip"][:2]))
+    assert probs.shape == (2, 2) and not bad and np.allclose(probs.sum(1), 1, atol=1e-5)
+    with pytest.raises(ConfigError):
+        load_clip_config(None, ["model.kind=i3d", "model.time_kernel=2"])
+
+
+def test_motion_crop_centres_the_moving_square(tmp_path):
+    from facelab.clips.crop import apply_crop, motion_box
+
+    frames = np.full((8, 64, 64, 3), 50, np.uint8)
+    for t in range(8):  # a square moving down in the left half
+        frames[t, 10 + 3 * t:18 + 3 * t, 8:16] = 250
+    x0, y0, x1, y1 = motion_box(frames)
+    assert x0 <= 8 and x1 >= 16 and y0 <= 12 and y1 >= 36 and x1 - x0 == y1 - y0 < 64
+    out = apply_crop({1: frames[[4]], 8: frames}, "motion", 8)
+    assert out[1].shape == (1, 64, 64, 3) and out[8].shape == frames.shape
+    assert (out[1] > 200).mean() > 2 * (frames[4] > 200).mean()  # the person fills more
+    still = np.full((8, 64, 64, 3), 50, np.uint8)
+    assert motion_box(still) == (0, 0, 64, 64)  # nothing moves: the whole frame
+    with pytest.raises(ConfigError):
+        load_clip_config(None, ["data.crop=person"])
 
 
 def test_cli_train_cv_evaluate_predict(clip_set, tmp_path, cache_env):

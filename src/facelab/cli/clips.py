@@ -10,7 +10,8 @@ import typer
 from facelab.cli import app
 
 clips_app = typer.Typer(help="Short video clip classifiers (fall vs ADL, activities): train with "
-                        "grouped cross-validation, evaluate, predict.", no_args_is_help=True)
+                        "grouped cross-validation, evaluate, predict per clip or along long "
+                        "videos (predict --timeline).", no_args_is_help=True)
 app.add_typer(clips_app, name="clips")
 
 
@@ -109,14 +110,30 @@ def predict_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder (or its model.pt).")],
     inputs: Annotated[list[Path], typer.Argument(
         help="Clip files, folders of clips, or a labels CSV.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV.")] = Path(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV (one row per clip).")] = Path(
         "clip_predictions.csv"),
+    timeline: Annotated[Path | None, typer.Option(
+        help="Sliding-window mode for long videos: write per video <DIR>/<name>_timeline.csv "
+        "and .png (class probabilities over time) and <DIR>/intervals.csv (detected "
+        "intervals of --target).")] = None,
+    window: Annotated[float, typer.Option(help="Window length, seconds.")] = 2.0,
+    hop: Annotated[float, typer.Option(help="Seconds between windows.")] = 0.5,
+    threshold: Annotated[float, typer.Option(help="Probability of --target that makes a "
+                         "window positive.")] = 0.5,
+    min_duration: Annotated[float, typer.Option(help="Drop intervals whose positive windows' "
+                            "centres span less (seconds).")] = 0.0,
+    merge_gap: Annotated[float, typer.Option(help="Merge intervals this close (seconds).")] = 1.0,
+    target: Annotated[str, typer.Option(help="Class whose intervals are detected.")] = "fall",
+    fps: Annotated[float, typer.Option(help="Frames per second decoded for the timeline.")] = 10.0,
 ) -> None:
-    """Class probabilities per clip; clips that cannot be decoded are listed and skipped.
+    """Class probabilities per clip, or (--timeline) over time in long videos with the
+    detected intervals of one class; files that cannot be decoded are listed and skipped.
 
-    Example:
+    Examples:
 
         facelab clips predict runs/falls clips/ -o preds.csv
+
+        facelab clips predict runs/falls long.mp4 --timeline tl/ --threshold 0.6 --min-duration 0.5
     """
     import pandas as pd
 
@@ -127,6 +144,18 @@ def predict_cmd(
         typer.secho("no clip found in the inputs", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     model, cfg, classes = load_model(run)
+    if timeline is not None:
+        from facelab.clips.timeline import DetectConfig
+
+        if target not in classes:
+            typer.secho(f"--target {target!r} is not a class of the model ({', '.join(classes)})",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        det = DetectConfig(window, hop, threshold, min_duration, merge_gap)
+        done = _timelines(model, cfg, classes, clips, timeline, det, target, fps)
+        if not done:
+            raise typer.Exit(1)
+        return
     probs, bad, _ = predict_clips(model, cfg, clips)
     reasons = dict(bad)
     rows = pd.DataFrame({"clip": clips})
@@ -142,3 +171,41 @@ def predict_cmd(
         typer.secho(f"skipped: {reason}", fg=typer.colors.YELLOW, err=True)
     if not ok.any():
         raise typer.Exit(1)
+
+
+def _timelines(model, cfg, classes, clips, out_dir: Path, det, target: str, fps: float) -> int:
+    """Timeline CSV + PNG per video and one intervals.csv; a bad video is reported, the
+    rest go on, and intervals.csv is rewritten after each video. Returns videos done."""
+    import pandas as pd
+    from rich.progress import Progress
+
+    from facelab.clips.engine import predict_timeline
+    from facelab.clips.timeline import detect_intervals, timeline_png
+    from facelab.errors import ImageDecodeError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found, done = [], 0
+    with Progress(transient=True) as bar:
+        task = bar.add_task("timelines", total=len(clips))
+        for clip in clips:
+            stem = Path(clip).stem
+            try:
+                tl = predict_timeline(model, cfg, classes, clip, det, fps)
+            except ImageDecodeError as exc:
+                typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
+                found.append({"clip": clip, "error": str(exc)})
+            else:
+                tl.to_csv(out_dir / f"{stem}_timeline.csv", index=False)
+                iv = detect_intervals(tl, target, det)
+                timeline_png(tl, iv, out_dir / f"{stem}_timeline.png", det.threshold, title=stem)
+                found += [{"clip": clip, "start": r.start, "end": r.end, "peak": r.peak, "error": ""}
+                          for r in iv.itertuples()]
+                typer.echo(f"{stem}: {len(tl)} windows, {len(iv)} {target} interval(s)"
+                           + "".join(f" [{r.start:.1f}-{r.end:.1f} s, p {r.peak:.2f}]"
+                                     for r in iv.itertuples()))
+                done += 1
+            pd.DataFrame(found, columns=["clip", "start", "end", "peak", "error"]).to_csv(
+                out_dir / "intervals.csv", index=False)
+            bar.advance(task)
+    typer.echo(f"timelines and intervals: {out_dir} ({done} of {len(clips)} videos)")
+    return done

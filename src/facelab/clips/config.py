@@ -8,10 +8,11 @@ from typing import Any
 
 import yaml
 
+from facelab.clips.crop import CROPS
 from facelab.config import apply_overrides, build_dataclass, read_yaml
 from facelab.errors import ConfigError
 
-KINDS = ("2d", "3d")
+KINDS = ("2d", "3d", "i3d")
 ARCHS_3D = ("r3d_18", "mc3_18", "r2plus1d_18")
 
 
@@ -24,6 +25,8 @@ class ClipDataConfig:
         folds: grouped cross-validation folds for `clips train --cv` (GMDCSA24 with 4 folds is
             leave-one-subject-out; UP-Fall folds never split an `event`).
         cache: keep decoded frames on disk (facelab.paths.cache_root()/clips, or cache_dir).
+        crop: `none` (whole frames) or `motion`: every frame cut to the square around what
+            moves in the clip (facelab.clips.crop; a person-centred crop without a detector).
     """
 
     train: str = "both"
@@ -32,16 +35,19 @@ class ClipDataConfig:
     folds: int = 4
     cache: bool = True
     cache_dir: str = ""
+    crop: str = "none"
 
 
 @dataclass
 class ClipModelConfig:
     """Attributes:
-        kind: `2d` (an image backbone per frame, scores averaged over frames) or `3d`
-            (a torchvision video ResNet, from scratch).
+        kind: `2d` (an image backbone per frame, scores averaged over frames), `3d`
+            (a torchvision video ResNet, from scratch) or `i3d` (the 2D backbone inflated to
+            3D, starting from its 2D weights: I3D-style, since no Kinetics weights are offline).
         backbone: 2D backbone name from facelab.models (mobilenet_v2 has offline ImageNet weights).
         pretrained: `imagenet`, '' (random) or a .pth file (2D only).
-        freeze: frozen early backbone stages (2D; mobilenet_v2 has 19).
+        freeze: frozen early backbone stages (2d, i3d; mobilenet_v2 has 19).
+        time_kernel: temporal extent of the inflated spatial convolutions (i3d; odd).
         arch3d: r3d_18 | mc3_18 | r2plus1d_18 (3D, random init: no Kinetics weights offline).
         dropout: before the linear classifier.
     """
@@ -51,6 +57,7 @@ class ClipModelConfig:
     pretrained: str = "imagenet"
     freeze: int = 12
     arch3d: str = "r3d_18"
+    time_kernel: int = 3
     dropout: float = 0.2
 
 
@@ -99,12 +106,17 @@ class ClipConfig:
             raise ConfigError(f"model.kind {self.model.kind!r} unknown; use one of {KINDS}")
         if self.model.kind == "3d" and self.model.arch3d not in ARCHS_3D:
             raise ConfigError(f"model.arch3d {self.model.arch3d!r} unknown; use one of {ARCHS_3D}")
+        if self.data.crop not in CROPS:
+            raise ConfigError(f"data.crop {self.data.crop!r} unknown; use one of {CROPS}")
         s = self.sampling
         if min(s.pool, s.train_frames, s.eval_frames) < 1 or s.train_frames > s.pool:
             raise ConfigError("sampling: pool, train_frames and eval_frames must be >= 1 and "
                               "train_frames <= pool")
-        if self.model.kind == "3d" and s.train_frames != s.eval_frames:
-            raise ConfigError("a 3d model needs sampling.train_frames == sampling.eval_frames")
+        if self.model.kind != "2d" and s.train_frames != s.eval_frames:
+            raise ConfigError(f"a {self.model.kind} model needs sampling.train_frames == "
+                              "sampling.eval_frames")
+        if self.model.kind == "i3d" and (self.model.time_kernel < 1 or self.model.time_kernel % 2 == 0):
+            raise ConfigError(f"model.time_kernel={self.model.time_kernel}: use an odd number >= 1")
         if self.data.size < 16 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("data.size >= 16, epochs >= 1 and batch_size >= 1 are required")
 

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from facelab.clips.config import ClipConfig
+from facelab.clips.crop import apply_crop
 from facelab.clips.model import ClipModel
-from facelab.clips.video import FrameCache
+from facelab.clips.timeline import DetectConfig, sliding_probs
+from facelab.clips.video import FrameCache, decode_timed
 from facelab.config import build_dataclass
 from facelab.errors import CheckpointError, DataFormatError, ImageDecodeError
 from facelab.runtime import tune_allocator
@@ -111,6 +113,7 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     cache = cache or make_cache(cfg)
     s = cfg.sampling
     stacks, bad = load_stacks(list(table["clip"]), (s.pool, s.eval_frames), cache, progress)
+    stacks = {c: apply_crop(st, cfg.data.crop, s.pool) for c, st in stacks.items()}
     _write_skipped(out / "skipped.csv", bad)
     table = table[table["clip"].isin(stacks)].reset_index(drop=True)
     if table.empty:
@@ -201,11 +204,11 @@ def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cache = cache or make_cache(cfg)
-    k = cfg.sampling.eval_frames
-    stacks, bad = load_stacks(clips, (k,), cache, progress)
+    k, pool = cfg.sampling.eval_frames, cfg.sampling.pool
+    stacks, bad = load_stacks(clips, (k,) if cfg.data.crop == "none" else (k, pool), cache, progress)
+    stacks = {c: apply_crop(st, cfg.data.crop, pool) for c, st in stacks.items()}
     model.eval()
-    n_classes = model.head[-1].out_features if model.kind == "2d" else model.net.fc[-1].out_features
-    probs = np.full((len(clips), n_classes), np.nan, np.float32)
+    probs = np.full((len(clips), model.n_classes), np.nan, np.float32)
     ok = [i for i, c in enumerate(clips) if c in stacks]
     t0 = time.perf_counter()
     for i in range(0, len(ok), batch_size):
@@ -214,6 +217,26 @@ def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
         probs[idx] = torch.softmax(model(x), 1).numpy()
     dt = time.perf_counter() - t0
     return probs, bad, (len(ok) / dt if dt > 0 and ok else 0.0)
+
+
+def clip_scorer(model: ClipModel):
+    """uint8 frame stacks (B, k, H, W, 3) -> class probabilities (B, C), for
+    facelab.clips.timeline.sliding_probs."""
+    def score(frames: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(model(_to_tensor(frames)), 1).numpy()
+    return score
+
+
+def predict_timeline(model: ClipModel, cfg: ClipConfig, classes: list[str], clip: str | Path,
+                     det: DetectConfig, fps: float = 10.0) -> pd.DataFrame:
+    """Sliding-window class probabilities over a (long) video; decoded at <= `fps` frames/s
+    and scaled as the model was trained. Raises ImageDecodeError for a bad file."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    frames, times = decode_timed(clip, cfg.data.size, fps)
+    return sliding_probs(frames, times, clip_scorer(model.eval()), classes,
+                         cfg.sampling.eval_frames, det, cfg.data.crop, cfg.sampling.pool)
 
 
 def _labels_to_ids(labels, classes: list[str]) -> np.ndarray:

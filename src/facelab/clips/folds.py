@@ -13,7 +13,6 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from facelab.errors import ConfigError, LeakageError
-from facelab.predict.calibrate import macro_f1
 
 
 def assign_folds(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:
@@ -52,10 +51,30 @@ def check_folds(table: pd.DataFrame, folds: np.ndarray) -> None:
             raise LeakageError(f"{col} {spread[spread > 1].index[0]!r} is split across folds")
 
 
+def present_macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro F1 over the classes present in `y` (the truth). A class that a bootstrap
+    resample happens to lack has no defined F1; counting it as 0 (as macro_f1 over all
+    classes does) biases the interval low, more so the more classes there are. Predictions
+    of an absent class still cost the present classes their recall.
+
+    Example:
+        >>> present_macro_f1(np.array([0, 0, 1]), np.array([0, 0, 1]), 11)
+        1.0
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    cm = np.bincount(y * n_classes + pred, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    present = cm.sum(1) > 0
+    return float(np.mean((2 * tp / np.maximum(denom, 1))[present])) if present.any() else 0.0
+
+
 def bootstrap(y: np.ndarray, pred: np.ndarray, units: np.ndarray, n_classes: int,
               n: int = 1000, seed: int = 0) -> dict:
     """Accuracy and macro F1 with 95% percentile intervals, resampling `units` (events) with
-    replacement, so correlated clips (two views of one trial) move together."""
+    replacement, so correlated clips (two views of one trial) move together. Macro F1 is
+    over the classes present in each resample's truth (present_macro_f1); with every class
+    present in `y` the point estimate equals macro F1 over all classes."""
     y, pred = np.asarray(y), np.asarray(pred)
     _, unit = np.unique(np.asarray(units), return_inverse=True)
     members = [np.flatnonzero(unit == u) for u in range(unit.max() + 1)]
@@ -64,10 +83,10 @@ def bootstrap(y: np.ndarray, pred: np.ndarray, units: np.ndarray, n_classes: int
     for i in range(n):
         take = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
         accs[i] = accuracy_score(y[take], pred[take])
-        f1s[i] = macro_f1(y[take], pred[take], n_classes)
+        f1s[i] = present_macro_f1(y[take], pred[take], n_classes)
     return {
         "n": len(y), "units": len(members),
-        "accuracy": float(accuracy_score(y, pred)), "macro_f1": macro_f1(y, pred, n_classes),
+        "accuracy": float(accuracy_score(y, pred)), "macro_f1": present_macro_f1(y, pred, n_classes),
         "accuracy_ci": [float(v) for v in np.percentile(accs, [2.5, 97.5])],
         "macro_f1_ci": [float(v) for v in np.percentile(f1s, [2.5, 97.5])],
     }

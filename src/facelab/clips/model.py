@@ -1,5 +1,6 @@
 """Clip classifiers: a 2D backbone per frame with scores averaged over frames (one frame is
-the single-frame model, K frames TSN-style), or a torchvision 3D ResNet from scratch."""
+the single-frame model, K frames TSN-style), a torchvision 3D ResNet from scratch, or the 2D
+backbone inflated to 3D with its ImageNet weights (I3D-style, facelab.clips.inflate)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from facelab.clips.config import ClipModelConfig
+from facelab.clips.inflate import inflate
 from facelab.models.backbone import create_backbone
 from facelab.models.weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -23,8 +25,10 @@ class ClipModel(nn.Module):
     def __init__(self, cfg: ClipModelConfig, n_classes: int):
         super().__init__()
         self.kind = cfg.kind
-        if cfg.kind == "2d":
+        if cfg.kind in ("2d", "i3d"):
             self.backbone = create_backbone(cfg.backbone, cfg.pretrained)
+            if cfg.kind == "i3d":
+                inflate(self.backbone.body, cfg.time_kernel)  # before freeze: it swaps modules
             if cfg.freeze:
                 self.backbone.freeze(cfg.freeze)
             mean, std = self.backbone.mean, self.backbone.std
@@ -46,4 +50,9 @@ class ClipModel(nn.Module):
         if self.kind == "2d":
             logits = self.head(self.backbone(x.flatten(0, 1)))
             return logits.view(b, t, -1).mean(1)  # TSN: average of per-frame scores
-        return self.net(x.permute(0, 2, 1, 3, 4).contiguous())  # (B, 3, T, H, W)
+        x = x.permute(0, 2, 1, 3, 4).contiguous()  # (B, 3, T, H, W)
+        return self.head(self.backbone(x)) if self.kind == "i3d" else self.net(x)
+
+    @property
+    def n_classes(self) -> int:
+        return (self.net.fc if self.kind == "3d" else self.head)[-1].out_features

@@ -46,6 +46,17 @@ def decode_clip(path: str | Path, size: int) -> np.ndarray:
     Raises ImageDecodeError for a missing file, a file that is not a video, a container with
     no video stream (audio-only), an unknown codec, zero frames, or a truncated stream.
     """
+    return decode_timed(path, size, None)[0]
+
+
+def decode_timed(path: str | Path, size: int,
+                 fps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frames as uint8 (n, size, size, 3) RGB and their times in seconds (n,); with `fps`, at
+    most `fps` frames per second are kept (a long video then costs memory by its duration,
+    not its frame rate). Every frame is still decoded, so a truncated stream is caught.
+
+    Raises ImageDecodeError as decode_clip does.
+    """
     import av
 
     path = Path(path)
@@ -56,26 +67,36 @@ def decode_clip(path: str | Path, size: int) -> np.ndarray:
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise ImageDecodeError(f"cannot open clip {path}: {exc}") from exc
     frames: list[np.ndarray] = []
+    times: list[float] = []
+    decoded, next_t = 0, -np.inf
     with container:
         if not container.streams.video:
             kinds = ",".join(s.type for s in container.streams) or "none"
             raise ImageDecodeError(f"clip {path} has no video stream (streams: {kinds}; audio-only?)")
         stream = container.streams.video[0]
         if stream.codec_context is None:
-            raise ImageDecodeError(f"clip {path}: video codec {stream.codec_tag!r} is not supported")
+            raise ImageDecodeError(f"clip {path}: its video codec is unknown to FFmpeg; re-encode "
+                                   "it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
         expected = int(stream.frames or 0)
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
         try:
             for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else decoded / rate
+                decoded += 1
+                if fps and t < next_t:
+                    continue
+                next_t = t + (1.0 / fps if fps else 0.0) - 1e-6
                 frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+                times.append(t)
         except (av.FFmpegError, ValueError) as exc:
             raise ImageDecodeError(
-                f"clip {path} is corrupt or truncated after {len(frames)} frames: {exc}") from exc
+                f"clip {path} is corrupt or truncated after {decoded} frames: {exc}") from exc
     if not frames:
         raise ImageDecodeError(f"clip {path} has zero decodable frames")
-    if expected and len(frames) < TRUNCATED_SHARE * expected:
+    if expected and decoded < TRUNCATED_SHARE * expected:
         raise ImageDecodeError(
-            f"clip {path} is truncated: decoded {len(frames)} of {expected} frames")
-    return np.stack(frames)
+            f"clip {path} is truncated: decoded {decoded} of {expected} frames")
+    return np.stack(frames), np.asarray(times) - times[0]
 
 
 def _key(path: Path, k: int, size: int) -> str:
