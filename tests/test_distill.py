@@ -108,14 +108,3 @@ def test_student_embedder_refuses_missing_or_foreign_weights(tmp_path):
         load_student(tmp_path / "foreign.pt")
     with pytest.raises(ConfigError, match="give at least one chip set"):
         DistillConfig(chips=[])
-
-
-def test_bundled_dlib_student_loads_and_is_not_dlib():
-    from facelab.embed.students import bundled_weights, load_student
-
-    path = bundled_weights("dlib")
-    if not path.is_file():
-        pytest.skip("no bundled dlib student in this checkout")
-    model, meta = load_student(path)
-    assert meta["kind"] == "dlib" and meta["metric"] == "l2" and 0.3 < meta["threshold"] < 0.8
-    assert path.stat().st_size <= 20 * 2**20
