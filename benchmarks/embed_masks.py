@@ -79,6 +79,7 @@ def speed(emb, chips: np.ndarray, repeats: int = 3) -> float:
 
 
 def main() -> None:
+    from facelab.distance import pairwise_distance
     from facelab.embed.dlib_resnet import DlibResNetEmbedder
     from facelab.embed.students import StudentEmbedder, bundled_weights, load_student, count_parameters
     from facelab.evaluate.verification import evaluate_distances, load_pairs
@@ -130,9 +131,7 @@ def main() -> None:
             print(f"(no {kind} student at {path}; train one with scripts/distill_students.py)")
 
     def dist(e, x, y):
-        if e.metric == "cosine":
-            return 1 - (x * y).sum(1)
-        return np.linalg.norm(x - y, axis=1)
+        return pairwise_distance(x, y, e.metric)
 
     rows = []
     for name, emb in models.items():

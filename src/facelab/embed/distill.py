@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from facelab.distance import pairwise_distance
 from facelab.embed.chipset import ChipSet, load_chipset
 from facelab.embed.students import METRIC, STUDENTS, build_student, count_parameters
 from facelab.errors import ConfigError
@@ -216,28 +217,13 @@ def validation_views(cs: ChipSet, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def pair_distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-        b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
-        return 1 - (a * b).sum(1)
-    return np.linalg.norm(a - b, axis=1)
-
-
 def best_accuracy(dist: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """(accuracy, threshold) of the best single threshold on these pairs."""
-    order = np.argsort(dist)
-    d, s = dist[order], same[order].astype(bool)
-    # accept the k nearest pairs: correct = genuine among them + impostors beyond them
-    correct = np.concatenate([[0], np.cumsum(s)]) + ((~s).sum() - np.concatenate([[0], np.cumsum(~s)]))
-    k = int(np.argmax(correct))
-    if k == 0:
-        thr = float(d[0]) - 1e-6
-    elif k == len(d):
-        thr = float(d[-1]) + 1e-6
-    else:
-        thr = float(d[k - 1] + d[k]) / 2
-    return float(correct[k] / len(s)), thr
+    """(accuracy, threshold) of the best single threshold on these pairs
+    (:func:`facelab.evaluate.verification.best_threshold`)."""
+    from facelab.evaluate.verification import best_threshold
+
+    thr = best_threshold(dist, same)
+    return float(np.mean((np.asarray(dist) <= thr) == (np.asarray(same) == 1))), thr
 
 
 def embed_views(model: torch.nn.Module, chips: np.ndarray, device: str, batch: int = 256,
@@ -259,10 +245,10 @@ def validate(model, clean, masked, pairs, metric, device) -> dict:
     """Pair accuracy on held-out identities: clean-clean and masked-clean."""
     ec, em = embed_views(model, clean, device), embed_views(model, masked, device)
     i, j, same = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-    d_clean = pair_distance(ec[i], ec[j], metric)
-    d_mask = pair_distance(em[i], ec[j], metric)
-    acc_c, thr_c = best_accuracy(d_clean, same)
-    acc_m, thr_m = best_accuracy(d_mask, same)
+    d_clean = pairwise_distance(ec[i], ec[j], metric)
+    d_mask = pairwise_distance(em[i], ec[j], metric)
+    acc_c, _ = best_accuracy(d_clean, same)
+    acc_m, _ = best_accuracy(d_mask, same)
     acc_all, thr = best_accuracy(np.concatenate([d_clean, d_mask]), np.concatenate([same, same]))
     return {"val_clean_acc": acc_c, "val_masked_acc": acc_m, "val_score": (acc_c + acc_m) / 2,
             "threshold": thr, "val_joint_acc": acc_all}

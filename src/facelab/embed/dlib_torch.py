@@ -445,6 +445,17 @@ def export_onnx(path: str | Path, model=None, opset: int = 17) -> Path:
     return path
 
 
+def export_once(path: Path, model_fn=None) -> Path:
+    """``path``, exported first (atomically, once per process group) when missing:
+    ``model_fn()`` gives the network to export (default: the dlib port)."""
+    with _CACHE_LOCK:
+        if not path.is_file():
+            tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}.onnx")
+            export_onnx(tmp, None if model_fn is None else model_fn())
+            tmp.replace(path)
+    return path
+
+
 def onnx_session(path: str | Path | None = None, threads: int | None = None):
     """An ONNX Runtime session of the port; exported once into the weights cache (keyed by
     the ``.dat``'s sha256 like the state dict) when ``path`` is None."""
@@ -455,12 +466,7 @@ def onnx_session(path: str | Path | None = None, threads: int | None = None):
         from facelab.paths import cache_root
 
         digest = _sha256(dlib_model_path("resnet"))
-        path = cache_root() / "weights" / f"dlib_resnet_v1_{digest[:16]}.onnx"
-        with _CACHE_LOCK:
-            if not path.is_file():
-                tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}.onnx")
-                export_onnx(tmp)
-                tmp.replace(path)
+        path = export_once(cache_root() / "weights" / f"dlib_resnet_v1_{digest[:16]}.onnx")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -477,10 +483,11 @@ def _check_chips(chips) -> np.ndarray:
 
 
 class TorchDescriptor:
-    """Callable (N, 150, 150, 3) uint8 chips -> (N, 128) float32, the PyTorch port."""
+    """Callable (N, 150, 150, 3) uint8 chips -> (N, 128) float32, the PyTorch port (or any
+    network with its interface, e.g. a distilled student)."""
 
-    def __init__(self, batch: int = 64) -> None:
-        self.model = build_model()
+    def __init__(self, batch: int = 64, model=None) -> None:
+        self.model = build_model() if model is None else model  # or a student (same interface)
         self.batch = batch
 
     def __call__(self, chips) -> np.ndarray:

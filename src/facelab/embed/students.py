@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -166,54 +164,6 @@ def bundled_weights(kind: str) -> Path:
     return Path(__file__).resolve().parent.parent / "weights" / name
 
 
-class _TorchNet:
-    def __init__(self, model: nn.Module, batch: int) -> None:
-        self.model = model
-        self.batch = batch
-
-    def __call__(self, chips) -> np.ndarray:
-        arr = np.ascontiguousarray(chips, dtype=np.uint8)
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, len(arr), self.batch):
-                outs.append(self.model(torch.from_numpy(arr[i:i + self.batch])).float().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, 128), np.float32)
-
-
-class _OnnxNet:
-    def __init__(self, path: Path, batch: int) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.batch = batch
-
-    def __call__(self, chips) -> np.ndarray:
-        arr = np.ascontiguousarray(chips, dtype=np.uint8)
-        outs = [self.session.run(None, {"chips": arr[i:i + self.batch]})[0]
-                for i in range(0, len(arr), self.batch)]
-        return np.concatenate(outs) if outs else np.zeros((0, 128), np.float32)
-
-
-_EXPORT_LOCK = threading.Lock()
-
-
-def export_student_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
-    """ONNX with dlib's interface: ``chips`` uint8 (N, 150, 150, 3) -> ``descriptor``."""
-    import warnings
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, 150, 150, 3, dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.filterwarnings("ignore")
-        torch.onnx.export(model.eval(), (dummy,), str(path), input_names=["chips"],
-                          output_names=["descriptor"], opset_version=opset, dynamo=False,
-                          dynamic_axes={"chips": {0: "batch"}, "descriptor": {0: "batch"}})
-    return path
-
-
 class StudentEmbedder(DlibResNetEmbedder):
     """A distilled student behind dlib's chips: same detection, 5-point chip and flip TTA.
 
@@ -240,8 +190,9 @@ class StudentEmbedder(DlibResNetEmbedder):
         self.kind = kind
         self.student_net = net
         self._meta = None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        self._digest = digest
+        from facelab.embed.dlib_torch import _sha256
+
+        self._digest = _sha256(path)[:16]
         super().__init__(DlibEmbedConfig(flip=flip, net="torch", **options))  # type: ignore[arg-type]
         self.name = {"dlib": "dlib-student", "mobilefacenet": "mfn-student",
                      "mobilenetv2": "mbv2-student"}[kind]
@@ -269,21 +220,17 @@ class StudentEmbedder(DlibResNetEmbedder):
             if self._net is None:
                 import dlib
 
+                from facelab.embed.dlib_torch import OnnxDescriptor, TorchDescriptor, export_once
                 from facelab.embed.weights import dlib_model_path
                 from facelab.paths import cache_root
 
                 self._shape = dlib.shape_predictor(str(dlib_model_path("shape5")))
                 model, self._meta = load_student(self.checkpoint)
                 if self.student_net == "torch":
-                    self._net = _TorchNet(model, self.config.batch)
+                    self._net = TorchDescriptor(self.config.batch, model)
                 else:
                     onnx = cache_root() / "weights" / f"student_{self.kind}_{self._digest}.onnx"
-                    with _EXPORT_LOCK:
-                        if not onnx.is_file():
-                            tmp = onnx.with_suffix(f".tmp{threading.get_ident()}.onnx")
-                            export_student_onnx(model, tmp)
-                            tmp.replace(onnx)
-                    self._net = _OnnxNet(onnx, self.config.batch)
+                    self._net = OnnxDescriptor(self.config.batch, export_once(onnx, lambda: model))
         return self
 
     def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
