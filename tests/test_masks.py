@@ -265,3 +265,56 @@ def test_make_competition_cli_lists_bad_images(tmp_path: Path) -> None:
     assert "skipped" in res.stderr and "x.jpg" in res.stderr
     bad = run_cli("make-competition", str(tmp_path / "nope.csv"), cwd=tmp_path)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- make-masked
+
+
+def test_masked_set_labels_follow_renders_and_read_back(tmp_path: Path) -> None:
+    from facelab.data.formats import SourceSpec, load_source
+    from facelab.masks.masked_set import build_masked_set
+
+    labels = face_set(tmp_path / "faces", n=6, bad=True)
+    rep = build_masked_set(labels, tmp_path / "m", wear_weights={"correct": 1, "incorrect": 1, "none": 1},
+                           seed=2, landmarks=fake_landmarks)
+    assert rep.rows == 6 and len(rep.skipped) == 1 and rep.unrendered == 0
+    table = load_source(SourceSpec("labels", str(tmp_path / "m" / "labels.csv")))
+    assert len(table) == 6 and (table["gender"] >= 0).all() and (table["age"] > 0).all()
+    rows = list(csv.DictReader((tmp_path / "m" / "labels.csv").open()))
+    assert {r["mask"] for r in rows} <= {"correct", "incorrect", "none"}
+    for r, mask in zip(rows, table["mask"]):
+        out = np.asarray(Image.open(tmp_path / "m" / r["image"]))
+        src = np.asarray(Image.open(tmp_path / "faces" / "images" / f"f{int(r['person'][1:])}."
+                                    f"{'png' if r['person'] == 'p000001' else 'jpg'}").convert("RGB"))
+        mouth = np.abs(src[MOUTH].astype(int) - out[MOUTH].astype(int)).mean()
+        # the label says what the pixels show: a rendered mask covers the mouth unless it was
+        # pulled below it; "none" is the photo (JPEG noise only)
+        if r["mask"] == "none":
+            assert mouth < 8 and mask == 2
+        elif r["mask"] == "correct":
+            assert mouth > 30 and mask == 0
+        else:
+            assert mask == 1
+    again = build_masked_set(labels, tmp_path / "m", wear_weights={"correct": 1, "incorrect": 1, "none": 1},
+                             seed=2, landmarks=lambda im: (_ for _ in ()).throw(AssertionError("re-rendered")))
+    assert (again.written, again.already_there) == (0, 6)
+    assert (tmp_path / "m" / "labels.csv").read_text().count("\n") == 7
+
+
+def test_masked_set_keeps_faces_without_landmarks_as_none(tmp_path: Path) -> None:
+    from facelab.masks.masked_set import build_masked_set
+
+    def no_face(image):
+        raise LandmarksError("no face found")
+
+    labels = face_set(tmp_path / "faces", n=3)
+    rep = build_masked_set(labels, tmp_path / "m", wear_weights={"correct": 1.0}, landmarks=no_face)
+    assert rep.rows == 3 and rep.unrendered == 3 and rep.counts == {"none": 3}
+
+
+def test_make_masked_cli(tmp_path: Path) -> None:
+    labels = face_set(tmp_path / "faces", n=2)
+    bad = run_cli("make-masked", str(labels), "--wear", "correct", cwd=tmp_path)
+    assert bad.returncode == 2 and "state=weight" in bad.stderr
+    res = run_cli("make-masked", str(tmp_path / "nope.csv"), cwd=tmp_path)
+    assert res.returncode == 2 and "not found" in res.stderr
