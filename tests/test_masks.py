@@ -318,3 +318,21 @@ def test_make_masked_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "state=weight" in bad.stderr
     res = run_cli("make-masked", str(tmp_path / "nope.csv"), cwd=tmp_path)
     assert res.returncode == 2 and "not found" in res.stderr
+
+
+def test_labels_source_with_render_masks_builds_once_and_loads(tmp_path: Path, monkeypatch) -> None:
+    import facelab.masks.masked_set as ms
+    from facelab.data.formats import SourceSpec, load_source
+    from facelab.errors import DataFormatError
+
+    monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ms, "detect_landmarks68", fake_landmarks)
+    labels = face_set(tmp_path / "faces", n=3)
+    spec = SourceSpec("labels", str(labels), "utk", render_masks={"wear": {"correct": 1.0}, "seed": 1})
+    table = load_source(spec)
+    assert list(table["mask"]) == [0, 0, 0] and list(table["age"]) == [22, 45, 71]
+    assert all("masked-sets" in p for p in table["path"])
+    monkeypatch.setattr(ms, "build_masked_set", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    assert load_source(spec)["path"].tolist() == table["path"].tolist()  # reused, not rebuilt
+    with pytest.raises(DataFormatError, match="render_masks takes wear and seed"):
+        load_source(SourceSpec("labels", str(labels), render_masks={"colour": "red"}))
