@@ -320,19 +320,30 @@ def test_make_masked_cli(tmp_path: Path) -> None:
     assert res.returncode == 2 and "not found" in res.stderr
 
 
-def test_labels_source_with_render_masks_builds_once_and_loads(tmp_path: Path, monkeypatch) -> None:
+def test_render_masks_swaps_training_faces_only_and_keeps_the_split(tmp_path: Path, monkeypatch) -> None:
     import facelab.masks.masked_set as ms
-    from facelab.data.formats import SourceSpec, load_source
+    from facelab.data.cache import PixelSettings
+    from facelab.data.formats import SourceSpec
+    from facelab.data.labels import AgeScheme
+    from facelab.data.prepare import prepare
     from facelab.errors import DataFormatError
 
     monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ms, "detect_landmarks68", fake_landmarks)
-    labels = face_set(tmp_path / "faces", n=3)
+    labels = face_set(tmp_path / "faces", n=30)
+    args = (PixelSettings(48, "none", 0.0, True, "center"), AgeScheme(), 0.2, 0.2, 3)
+    plain = prepare([SourceSpec("labels", str(labels), "utk")], *args)
     spec = SourceSpec("labels", str(labels), "utk", render_masks={"wear": {"correct": 1.0}, "seed": 1})
-    table = load_source(spec)
-    assert list(table["mask"]) == [0, 0, 0] and list(table["age"]) == [22, 45, 71]
-    assert all("masked-sets" in p for p in table["path"])
+    masked = prepare([spec], *args)
+    assert (masked.split == plain.split).all()  # the split is drawn on the photos
+    fit_rows = np.isin(masked.split, ["train", "val"])
+    assert fit_rows.any() and (~fit_rows).any()
+    assert (masked.targets["mask"][fit_rows] == 0).all() and (masked.targets["mask"][~fit_rows] == -1).all()
+    assert (masked.table["path"][~fit_rows] == plain.table["path"][~fit_rows]).all()
+    assert masked.table["path"][fit_rows].str.contains("masked-sets").all()
+    assert (masked.targets["age"] == plain.targets["age"]).all()
     monkeypatch.setattr(ms, "build_masked_set", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
-    assert load_source(spec)["path"].tolist() == table["path"].tolist()  # reused, not rebuilt
+    again = prepare([spec], *args)  # the copy is reused, not rebuilt
+    assert (again.table["path"] == masked.table["path"]).all()
     with pytest.raises(DataFormatError, match="render_masks takes wear and seed"):
-        load_source(SourceSpec("labels", str(labels), render_masks={"colour": "red"}))
+        prepare([SourceSpec("labels", str(labels), render_masks={"colour": "red"})], *args)

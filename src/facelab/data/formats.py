@@ -54,11 +54,12 @@ class SourceSpec:
         crop: "auto" (boxes when the table has them, else the whole image), "none",
             "box" or "detect".
         limit: keep only the first N rows (quick experiments); 0 keeps all.
-        render_masks: for a ``labels`` source of unmasked faces: give each face one rendered
-            mask state (facelab.masks.masked_set) so mask, gender and age are learned on the
-            same faces. Keys: ``wear`` ({state: weight}, default correct 0.35 / incorrect
-            0.15 / none 0.5) and ``seed`` (default 0). The copy is built once under the
-            cache root and reused. Empty = off.
+        render_masks: for a ``labels`` source of unmasked faces: its training and validation
+            faces are swapped for a copy with one rendered mask state each, so mask, gender
+            and age are learned on the same faces; test faces stay the photos (the split is
+            drawn on the photos, so it does not move). Keys: ``wear`` ({state: weight},
+            default correct 0.35 / incorrect 0.15 / none 0.5) and ``seed`` (default 0). See
+            facelab.data.render_masks. Empty = off.
     """
 
     kind: str
@@ -272,8 +273,6 @@ def load_source(spec: SourceSpec) -> pd.DataFrame:
         table = load_competition_train(path, spec.name)
     elif spec.kind == "competition-eval":
         table = load_competition_eval(path, spec.name)
-    elif spec.kind == "labels" and spec.render_masks:
-        table = load_labels_csv(_masked_copy(path, spec), spec.name or path.parent.name)
     elif spec.kind == "labels":
         table = load_labels_csv(path, spec.name, spec.image_root)
     elif spec.kind == "boxes":
@@ -293,31 +292,6 @@ def load_source(spec: SourceSpec) -> pd.DataFrame:
         ]
     table["person"] = table["source"].astype(str) + "/" + table["person"].astype(str)
     return table[COLUMNS]
-
-
-def _masked_copy(path: Path, spec: SourceSpec) -> Path:
-    """The labels CSV of the source's masked copy, built (or completed) under the cache root."""
-    import hashlib
-
-    from facelab.masks.masked_set import DEFAULT_WEARS, build_masked_set
-    from facelab.paths import cache_root
-
-    options = dict(spec.render_masks)
-    unknown = set(options) - {"wear", "seed"}
-    if unknown:
-        raise DataFormatError(f"{path}: render_masks takes wear and seed, not {sorted(unknown)}")
-    wear = {k: float(v) for k, v in (options.get("wear") or DEFAULT_WEARS).items()}
-    seed = int(options.get("seed", 0))
-    key = hashlib.sha1(repr((str(path.resolve()), spec.image_root, sorted(wear.items()), seed,
-                             spec.limit)).encode()).hexdigest()[:12]
-    out = cache_root() / "masked-sets" / f"{path.parent.name}-{key}"
-    if not (out / "complete").is_file():
-        rep = build_masked_set(path, out, wear_weights=wear, seed=seed, limit=spec.limit,
-                               image_root=spec.image_root or None, progress=True)
-        if rep.rows == 0:
-            raise DataFormatError(f"{path}: no face could be read for render_masks; check the images")
-        (out / "complete").write_text(f"{rep.rows} faces {rep.counts}\n")
-    return out / "labels.csv"
 
 
 def load_sources(specs: list[SourceSpec]) -> pd.DataFrame:

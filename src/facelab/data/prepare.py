@@ -11,6 +11,7 @@ import pandas as pd
 
 from facelab.data.cache import PixelCache, PixelSettings
 from facelab.data.formats import SourceSpec, load_sources
+from facelab.data.render_masks import apply_render_masks
 from facelab.data.labels import MISSING, TASKS, AgeScheme
 from facelab.data.splits import check_no_leak, holdout_mask, strata
 
@@ -92,8 +93,9 @@ def prepare(
         ...                AgeScheme())  # doctest: +SKIP
     """
     table = load_sources(sources)
-    targets = make_targets(table, scheme)
     split = assign_splits(table, test_fraction, val_fraction, seed, scheme)
+    table = apply_render_masks(table, split, sources)  # after the split: it must not move
+    targets = make_targets(table, scheme)
     cache = PixelCache.build(table, pixels, progress=progress)
     train_ok = ~scheme.in_drop_band(table["age"].to_numpy())
     data = PreparedData(table, targets, split, cache, train_ok)

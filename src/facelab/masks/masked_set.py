@@ -5,7 +5,7 @@ No real data here has all three labels on one face. This writes, for every row o
 CSV (``image,age,gender[,race]``, e.g. UTKFace's), one image whose mask state is drawn from
 ``wear_weights`` with a seeded sampler: a rendered mask worn correctly, a rendered mask worn
 incorrectly, or the photo itself ("none"). The output folder holds ``images/`` and a
-``labels.csv`` (``image,age,gender,race,mask,person,kind,wear``) that ``facelab train`` reads
+``labels.csv`` (``image,source_image,age,gender,race,mask,person,kind,wear``) that ``facelab train`` reads
 as a ``labels`` source, so a model learns mask state on close-up faces of the same framing
 and population as its gender and age faces.
 
@@ -120,7 +120,7 @@ def build_masked_set(labels_csv: str | Path, out: str | Path, *,
                 report.unrendered += 1
             mask = spec.mask_label if wear != "none" else 2
             report.counts[MASK_NAMES[mask]] = report.counts.get(MASK_NAMES[mask], 0) + 1
-            rows.append([f"images/{name}", person.age, ("male", "female")[person.gender],
+            rows.append([f"images/{name}", str(Path(person.image).resolve()), person.age, ("male", "female")[person.gender],
                          person.race, MASK_NAMES[mask], f"p{person.pid}",
                          kind if wear != "none" else "", spec.resolved_wear if wear != "none" else "none"])
     finally:
@@ -133,7 +133,7 @@ def _write(out: Path, rows: list[list], skipped: list[tuple[str, str]]) -> None:
     tmp = out / ".labels.csv.tmp"
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["image", "age", "gender", "race", "mask", "person", "kind", "wear"])
+        w.writerow(["image", "source_image", "age", "gender", "race", "mask", "person", "kind", "wear"])
         w.writerows(rows)
     os.replace(tmp, out / "labels.csv")
     with (out / "skipped.csv").open("w", newline="") as fh:
