@@ -79,7 +79,8 @@ def _import_backends() -> None:
     # Importing the modules only registers classes; no weights load here.
     from importlib import import_module
 
-    for mod in ("mtcnn", "dlib_backend", "haar", "cascade", "ssd", "ssd_onnx"):
+    for mod in ("mtcnn", "dlib_backend", "haar", "cascade", "ssd", "ssd_onnx", "blazeface",
+                "blazeface_onnx"):
         import_module(f"facelab.detect.{mod}")
 
 
