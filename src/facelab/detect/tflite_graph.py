@@ -9,8 +9,10 @@ use are supported (CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU, RELU6, PAD, MAX_POOL_2
 RESIZE_BILINEAR with half-pixel centres or aligned corners, RESHAPE, CONCATENATION,
 DEQUANTIZE); anything else is a one-line error.
 
-TFLite's ``SAME`` padding depends on the input size; the tensor shapes stored in the file
-fix it, so a graph runs at its stored input height and width (any batch size).
+TFLite's ``SAME`` padding depends on the input size; it is computed from the tensor shapes
+stored in the file. Resizes keep their scale factor and reshapes flatten whatever grid they
+get, so a graph also runs at other input sizes for which every padding stays the same
+(BlazeFace: sides that are multiples of 32), with any batch size.
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ def read_tflite(path: str | Path) -> dict:
             if not (o.AlignCorners() or o.HalfPixelCenters()):
                 raise WeightsError(f"{path}: RESIZE_BILINEAR without half_pixel_centers or "
                                    "align_corners is not supported")  # fmt: skip
-            rec.update(size=shape(out)[1:3], align_corners=bool(o.AlignCorners()),
+            (hi, wi), (ho, wo) = shape(ins[0])[1:3], shape(out)[1:3]
+            rec.update(size=[ho, wo], scale=[ho / hi, wo / wi], align_corners=bool(o.AlignCorners()),
                        half_pixel=bool(o.HalfPixelCenters()))  # fmt: skip
         elif name == "RESHAPE":
             rec.update(shape=shape(out), in_rank=len(shape(ins[0])))
@@ -235,11 +238,11 @@ def build_graph_module(graph: dict):
                     p = rec["pad"]  # NHWC before/after pairs -> F.pad's last-dim-first order
                     y = F.pad(a, (p[4], p[5], p[2], p[3], p[6], p[7], p[0], p[1]))
                 elif kind == "RESIZE_BILINEAR":
-                    y = _resize_bilinear(a, rec["size"], rec["align_corners"], rec["half_pixel"])
+                    y = _resize_bilinear(a, rec["scale"], rec["align_corners"], rec["half_pixel"])
                 elif kind == "RESHAPE":
                     if rec["in_rank"] == 4:
                         a = a.permute(0, 2, 3, 1)  # back to TFLite's NHWC element order
-                    y = a.reshape(a.shape[0], *rec["shape"][1:])
+                    y = a.reshape(a.shape[0], -1, *rec["shape"][2:])  # -1: any input size
                 elif kind == "CONCATENATION":
                     y = torch.cat([t[i] for i in rec["in"]], rec["axis"])
                 else:  # read_tflite only emits the kinds above
@@ -250,9 +253,11 @@ def build_graph_module(graph: dict):
     return TFLiteGraph()
 
 
-def _resize_bilinear(x, size, align_corners: bool, half_pixel: bool):
+def _resize_bilinear(x, scale, align_corners: bool, half_pixel: bool):
     """TFLite RESIZE_BILINEAR with half-pixel centres or aligned corners (``read_tflite``
-    refuses TFLite's legacy mode, which has no ``F.interpolate`` equivalent)."""
+    refuses TFLite's legacy mode, which has no ``F.interpolate`` equivalent), by the stored
+    scale factor so that other input sizes work."""
     from torch.nn import functional as F
 
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners and not half_pixel)
+    return F.interpolate(x, scale_factor=tuple(float(v) for v in scale), mode="bilinear",
+                         align_corners=align_corners and not half_pixel)
