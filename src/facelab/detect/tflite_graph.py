@@ -44,15 +44,15 @@ def read_tflite(path: str | Path) -> dict:
         >>> g["input_shape"], len(g["ops"])  # doctest: +SKIP
         ([1, 128, 128, 3], 90)
     """
+    path = Path(path)
     try:
         import tflite
         from tflite.BuiltinOperator import BuiltinOperator
     except ImportError:
         raise WeightsError(
-            "reading .tflite models needs the `tflite` parser package; install it with "
+            f"reading {path} needs the `tflite` parser package; install it with "
             "`pip install tflite` (or `pip install facelab[blazeface]`)"
         ) from None
-    path = Path(path)
     try:
         buf = path.read_bytes()
         model = tflite.Model.GetRootAsModel(buf, 0)
