@@ -272,14 +272,16 @@ class _BlazeBase(Detector):
 
     Options: ``size`` (side of the square letterboxed input, a multiple of 32; default the
     model's 128 / 192: larger finds smaller faces at more cost, as the network is fully
-    convolutional), ``score_thresh`` (0.5, MediaPipe's default), ``nms`` (IoU of the weighted NMS,
+    convolutional), ``coarse`` (0 = off: a second pass at this side, e.g. the model's own,
+    for close-up faces, merged as ssd-mbv2's coarse pass is: faces of the large pass lying
+    mostly inside a coarse-pass face are dropped, then NMS), ``score_thresh`` (0.5, MediaPipe's default), ``nms`` (IoU of the weighted NMS,
     0.3), ``min_size`` (drop faces narrower than this many source pixels), ``batch`` (images
     per forward, 32), ``tflite`` (a model file instead of the wheel's).
     """
 
     batched = True
     kind = "short"
-    _options = ("size", "score_thresh", "nms", "min_size", "batch", "tflite")
+    _options = ("size", "coarse", "score_thresh", "nms", "min_size", "batch", "tflite")
     _extra_options: tuple[str, ...] = ()
 
     def __init__(self, name: str = "", **options) -> None:
@@ -294,30 +296,43 @@ class _BlazeBase(Detector):
         self.min_size = float(options.get("min_size", 0.0))
         self.batch = max(1, int(options.get("batch", 32)))
         self.size = int(options.get("size") or self.model.size)
-        if self.size < 32 or self.size % 32:
-            raise ConfigError(f"{name}: size must be a multiple of 32 (the network's total "
-                              f"stride), got {self.size}; the model's own is {self.model.size}")
-        self.anchors = blaze_anchors(self.model, self.size)
+        self.coarse = int(options.get("coarse") or 0)
+        for key, side in (("size", self.size), ("coarse", self.coarse)):
+            if (side or key == "size") and (side < 32 or side % 32):
+                raise ConfigError(f"{name}: {key} must be a multiple of 32 (the network's total "
+                                  f"stride), got {side}; the model's own is {self.model.size}")
+        self.anchors = {side: blaze_anchors(self.model, side) for side in (self.size, self.coarse) if side}
 
     def _forward(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        fine = self._pass(images, self.size)
+        if not self.coarse:
+            return fine
+        from facelab.detect.ssd import merge_scales
+
+        coarse = self._pass(images, self.coarse)
+        return [merge_scales(f, c, self.nms) for f, c in zip(fine, coarse)]
+
+    def _pass(self, images: list[np.ndarray], side: int) -> list[list[Face]]:
+        """Faces of every image letterboxed to one square side."""
         out = []
         for start in range(0, len(images), self.batch):
             chunk = images[start : start + self.batch]
-            canvas, scales, offsets = letterbox_square(chunk, self.size)
+            canvas, scales, offsets = letterbox_square(chunk, side)
             reg, logits = self._forward(canvas)
             for i, im in enumerate(chunk):
-                out.append(self._faces(reg[i], logits[i], scales[i], offsets[i], im.shape[:2]))
+                out.append(self._faces(reg[i], logits[i], self.anchors[side], scales[i],
+                                       offsets[i], im.shape[:2]))  # fmt: skip
         return out
 
-    def _faces(self, reg, logits, scale, offset, shape) -> list[Face]:
+    def _faces(self, reg, logits, anchors, scale, offset, shape) -> list[Face]:
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -SCORE_CLIP, SCORE_CLIP)))
         idx = np.nonzero(scores >= self.score_thresh)[0]
         if not len(idx):
             return []
-        boxes, points = decode_blaze(reg[idx], self.anchors[idx])
+        boxes, points = decode_blaze(reg[idx], anchors[idx])
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, points, kept = weighted_nms(boxes[ok], points[ok], scores[idx][ok], self.nms)
         h, w = shape
