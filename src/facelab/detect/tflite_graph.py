@@ -54,11 +54,18 @@ def read_tflite(path: str | Path) -> dict:
             "`pip install tflite` (or `pip install facelab[blazeface]`)"
         ) from None
     try:
-        buf = path.read_bytes()
-        model = tflite.Model.GetRootAsModel(buf, 0)
-        graph = model.Subgraphs(0)
-    except Exception as exc:  # not a flatbuffer, truncated, ...
-        raise WeightsError(f"{path}: cannot be read as a TFLite model ({type(exc).__name__})") from None
+        return _parse(path, tflite, BuiltinOperator)
+    except WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (not a flatbuffer, truncated, ...)
+        raise WeightsError(f"{path}: cannot be read as a TFLite model ({type(exc).__name__}); "
+                           "pass an intact .tflite file") from None  # fmt: skip
+
+
+def _parse(path: Path, tflite, BuiltinOperator) -> dict:
+    buf = path.read_bytes()
+    model = tflite.Model.GetRootAsModel(buf, 0)
+    graph = model.Subgraphs(0)
     opnames = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
     np_types = {0: np.float32, 1: np.float16, 2: np.int32, 4: np.int64}
 
