@@ -221,3 +221,18 @@ def test_real_photo_torch_and_onnx_agree_and_cascades_work(tmp_path):
     assert first and first[0].stage == "blazeface-short"
     union = detector_from_spec("blazeface-short|mtcnn").detect(images[0])
     assert len(union) >= 1 and {f.stage for f in union} <= {"blazeface-short", "mtcnn"}
+
+
+@needs_wheel
+def test_cli_export_writes_the_graph_and_reports_parity(tmp_path):
+    from typer.testing import CliRunner
+
+    from facelab.cli import _register, app
+
+    _register()
+    out = tmp_path / "bf.onnx"
+    r = CliRunner().invoke(app, ["export", "blazeface-short", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and "max |PyTorch - ONNX Runtime|" in r.output
+    gap = float(r.output.rsplit("|", 1)[1].strip(" )\n"))
+    assert gap < 1e-3
