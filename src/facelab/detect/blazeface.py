@@ -30,6 +30,7 @@ All 6 raw points are kept in ``extra["keypoints6"]``.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, iou:
         >>> b = np.array([[0, 0, 10, 10], [0, 0, 12, 12], [50, 50, 60, 60.]])
         >>> kb, _, ks = weighted_nms(b, np.zeros((3, 6, 2)), np.array([0.9, 0.6, 0.8]))
         >>> kb[0].round(1).tolist(), ks.tolist()
-        [[0.0, 0.0, 10.8, 10.8], [0.9, 0.8]]
+        ([0.0, 0.0, 10.8, 10.8], [0.9, 0.8])
     """
     from facelab.detect.evaluate import iou_matrix
 
@@ -156,7 +157,7 @@ def five_from_blaze(points: np.ndarray) -> np.ndarray:
     Example:
         >>> from facelab.align.align import ARCFACE_TEMPLATE_112 as T
         >>> six = np.array([T[0], T[1], T[2], T[3:].mean(0), [20, 60], [90, 60]])
-        >>> np.abs(five_from_blaze(six) - T).max() < 0.5
+        >>> bool(np.abs(five_from_blaze(six) - T).max() < 0.5)
         True
     """
     from facelab.align.align import ARCFACE_TEMPLATE_112 as T
@@ -232,7 +233,7 @@ def converted(model: BlazeModel, tflite: str | Path | None = None) -> dict:
     ckpt = {"format": FORMAT, "graph": graph, "state": state,
             "meta": {"kind": model.kind, "source": src.name, "sha256": digest}}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # two processes may convert at once
     torch.save(ckpt, tmp)
     tmp.replace(path)
     return ckpt
@@ -240,7 +241,8 @@ def converted(model: BlazeModel, tflite: str | Path | None = None) -> dict:
 
 def build_blazeface(ckpt: dict):
     """The PyTorch network of a :func:`converted` checkpoint: raw RGB pixels (N, 3, S, S)
-    float (S = 128 / 192, or another multiple of 32) in; ``regressors`` (N, K, 16) and ``logits`` (N, K) out.
+    float (S = 128 / 192, or another multiple of 32) in; ``regressors`` (N, K, 16) and
+    ``logits`` (N, K) out.
 
     Example:
         >>> net = build_blazeface(converted(MODELS["short"]))  # doctest: +SKIP
@@ -251,8 +253,6 @@ def build_blazeface(ckpt: dict):
 
     graph = dict(ckpt["graph"], weights={k: v.numpy() for k, v in ckpt["state"].items()})
     body = build_graph_module(graph)
-    # The two outputs, regressors (16 per anchor) and scores (1 per anchor), by their width.
-    reg_first = "regress" in graph["output_names"][0]
 
     class BlazeFaceNet(nn.Module):
         def __init__(self) -> None:
@@ -261,7 +261,8 @@ def build_blazeface(ckpt: dict):
 
         def forward(self, x):
             a, b = self.body(x / 127.5 - 1.0)
-            reg, cls = (a, b) if reg_first else (b, a)
+            # regressors have 16 numbers per anchor, scores 1 (the files list them in either order)
+            reg, cls = (b, a) if a.shape[-1] == 1 else (a, b)
             return reg, cls[..., 0]
 
     return BlazeFaceNet().eval()
@@ -274,9 +275,10 @@ class _BlazeBase(Detector):
     model's 128 / 192: larger finds smaller faces at more cost, as the network is fully
     convolutional), ``coarse`` (0 = off: a second pass at this side, e.g. the model's own,
     for close-up faces, merged as ssd-mbv2's coarse pass is: faces of the large pass lying
-    mostly inside a coarse-pass face are dropped, then NMS), ``score_thresh`` (0.5, MediaPipe's default), ``nms`` (IoU of the weighted NMS,
-    0.3), ``min_size`` (drop faces narrower than this many source pixels), ``batch`` (images
-    per forward, 32), ``tflite`` (a model file instead of the wheel's).
+    mostly inside a coarse-pass face are dropped, then NMS), ``score_thresh`` (0.5,
+    MediaPipe's default), ``nms`` (IoU of the weighted NMS, 0.3), ``min_size`` (drop faces
+    narrower than this many source pixels), ``batch`` (images per forward, 32), ``tflite``
+    (a model file instead of the wheel's).
     """
 
     batched = True

@@ -10,6 +10,7 @@ into ``$FACELAB_CACHE/onnx/`` (keyed by the source ``.tflite`` file's hash).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def export_blazeface(kind: str, out: str | Path, tflite: str | Path | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     axes = {"input": {0: "batch", 2: "height", 3: "width"},
             **{o: {0: "batch", 1: "anchors"} for o in OUTPUTS}}  # fmt: skip
-    tmp = out.with_suffix(".tmp.onnx")
+    tmp = out.with_suffix(f".tmp{os.getpid()}.onnx")  # two processes may export at once
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on constant folding, not errors
         torch.onnx.export(net, (torch.zeros(2, 3, model.size, model.size),), str(tmp),
