@@ -17,6 +17,7 @@ It then pairs each plain model with the main job's predictions (runs/main, run
 (multi-task - plain), its 95% interval and the share of resamples where multi-task wins.
 
     FACELAB_DATA=../shared/data python benchmarks/plain_baseline.py [--tasks age gender mask]
+        [--seed 1 --main-run runs/main_s1 --out runs/plain_s1]
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "plain_baseline"))
     ap.add_argument("--tasks", nargs="+", default=["age", "gender", "mask"], choices=TASKS)
     ap.add_argument("--n", type=int, default=1000, help="bootstrap resamples of test persons")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of the plain models")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     missing = missing_data("face-mask-detection", "utkface")
@@ -80,7 +82,7 @@ def main() -> int:
     if not main_preds.is_file():
         print(f"SKIP: {main_preds} not found; run scripts/main.sh first")
         return 0
-    cfg = load_config(args.config, PLAIN)
+    cfg = load_config(args.config, [*PLAIN, f"seed={args.seed}"])
     data = prepare_for(cfg)
     test = data.indices("test")
     table = data.table.iloc[test].reset_index(drop=True)
