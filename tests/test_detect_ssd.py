@@ -142,7 +142,7 @@ def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypat
     assert isinstance(union.detect(images[0]), list)
 
 
-@pytest.mark.skipif(not repo_weights().is_file(), reason="no committed weights/ssd-mbv2.pt")
+@pytest.mark.skipif(not repo_weights().is_file(), reason="no committed src/facelab/weights/ssd-mbv2.pt")
 def test_committed_weights_load_as_data_and_are_small():
     from facelab.detect.ssd import load_checkpoint
 

@@ -11,7 +11,7 @@ backends.
 
 Weights are looked up, in order: the ``weights`` option, ``$FACELAB_CACHE/weights/ssd-mbv2.pt``
 (what ``facelab detect-train --arch ssd-mbv2 --install`` writes), then the checkpoint committed
-in the repository's ``weights/`` folder. Nothing is downloaded.
+in the package's ``facelab/weights/`` folder. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -251,8 +251,8 @@ def default_ssd_weights() -> Path:
 
 
 def repo_weights() -> Path:
-    """The checkpoint committed with the source (``<checkout>/weights/ssd-mbv2.pt``)."""
-    return Path(__file__).resolve().parents[3] / "weights" / f"{ARCH}.pt"
+    """The checkpoint committed with the source (``facelab/weights/ssd-mbv2.pt`` inside the package, so a wheel install has it too)."""
+    return Path(__file__).resolve().parents[1] / "weights" / f"{ARCH}.pt"
 
 
 def find_weights(path: str | Path | None = None) -> Path:

@@ -25,7 +25,7 @@ def export_ssd(weights: str | Path, out: str | Path) -> Path:
     """Write the ONNX graph of an ssd-mbv2 checkpoint to ``out``.
 
     Example:
-        >>> export_ssd("weights/ssd-mbv2.pt", "ssd-mbv2.onnx")  # doctest: +SKIP
+        >>> export_ssd("src/facelab/weights/ssd-mbv2.pt", "ssd-mbv2.onnx")  # doctest: +SKIP
         PosixPath('ssd-mbv2.onnx')
     """
     import torch
@@ -51,7 +51,7 @@ def ssd_parity(weights: str | Path, onnx_path: str | Path, seed: int = 0) -> flo
     """Max |PyTorch - ONNX Runtime| over all outputs on random pixels at a non-square size.
 
     Example:
-        >>> ssd_parity("weights/ssd-mbv2.pt", "ssd-mbv2.onnx") < 1e-3  # doctest: +SKIP
+        >>> ssd_parity("src/facelab/weights/ssd-mbv2.pt", "ssd-mbv2.onnx") < 1e-3  # doctest: +SKIP
         True
     """
     import onnxruntime as ort
