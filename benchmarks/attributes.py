@@ -95,7 +95,9 @@ def run_one(cfg, out: str, resume: bool) -> dict:
     print(f"{'epochs run (best)':<28}{len(result.history):>10d} ({result.best_epoch})")
     print(f"{'wall time (s)':<28}{wall:>10.0f}")
     print(f"report: {report}", flush=True)
-    return got | {"images_per_s": result.train_images_per_s, "wall_s": wall}
+    trained = result.train_images_per_s > 0  # 0 when a finished run was only re-evaluated
+    return got | {"images_per_s": result.train_images_per_s if trained else float("nan"),
+                  "wall_s": wall if trained else float("nan")}
 
 
 def main() -> int:
@@ -126,7 +128,8 @@ def main() -> int:
     print(f"\nover training seeds {args.seeds} (split seed fixed):")
     print(table.round(4).to_string(index=False))
     for key, label in (*FIGURES, ("wall_s", "wall time (s)")):
-        print(f"{label.strip():<28}{table[key].mean():>10.4f} +- {table[key].std(ddof=1):.4f} (sd)")
+        print(f"{label.strip():<28}{table[key].mean():>10.4f} +- {table[key].std(ddof=1):.4f} (sd)"
+              + (" (runs trained now only)" if key == "wall_s" and table[key].isna().any() else ""))
     return 0
 
 
