@@ -11,8 +11,8 @@ import pandas as pd
 
 from facelab.data.cache import PixelCache, PixelSettings
 from facelab.data.formats import SourceSpec, load_sources
-from facelab.data.render_masks import apply_render_masks
 from facelab.data.labels import MISSING, TASKS, AgeScheme
+from facelab.data.render_masks import apply_render_masks
 from facelab.data.splits import check_no_leak, holdout_mask, strata
 
 log = logging.getLogger(__name__)
