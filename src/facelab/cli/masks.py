@@ -81,8 +81,8 @@ def make_masked_cmd(
     """Copy a labelled face set with one rendered mask state per face (mask, gender and age
     on the same faces); OUT/labels.csv is a `labels` source for `facelab train`.
 
-    Faces without landmarks keep their photo as "none"; undecodable images are skipped and
-    listed in OUT/skipped.csv (exit 1 when nothing was written). Resumable.
+    Faces without landmarks keep their photo as "none". Undecodable images are skipped
+    and listed in OUT/skipped.csv (exit 1 when nothing was written). Resumable.
 
     Example:
 
