@@ -168,3 +168,72 @@ def test_merge_scales_prefers_the_coarse_face_over_its_parts():
     near = Face((150.0, 150.0, 250.0, 250.0), 0.9)  # overlaps, but mostly outside: NMS decides
     assert [f.box for f in merge_scales([near], [close_up])] == [near.box, close_up.box]
     assert merge_scales([other], []) == [other] and merge_scales([], [close_up]) == [close_up]
+
+
+def _photo_folder(tmp_path, n=6):
+    """Single-face photos (another 'data set') and a teacher cache labelling them, so the
+    tiny run needs no MTCNN; one photo is rejected by the teacher (NaN row)."""
+    from facelab.detect.paste import _COLS
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rows = []
+    for i in range(n):
+        img = np.full((80, 80, 3), 40 + 10 * i, np.uint8)
+        img[20:60, 24:56] = (210, 180, 160)
+        path = folder / f"p{i}.png"
+        Image.fromarray(img).save(path)
+        box = [24, 20, 56, 60] if i else [np.nan] * 4
+        marks = [32, 34, 48, 34, 40, 42, 34, 52, 46, 52] if i else [np.nan] * 10
+        rows.append([str(path), *box, 0.99 if i else np.nan, *marks])
+    pd.DataFrame(rows, columns=_COLS).to_csv(tmp_path / "teacher.csv", index=False)
+    return folder
+
+
+def test_paste_faces_adds_boxes_away_from_faces_and_keeps_landmarks_inside():
+    from facelab.detect.evaluate import iou_matrix
+    from facelab.detect.paste import FacePatch, paste_faces
+
+    rng = np.random.default_rng(0)
+    pix = np.full((60, 60, 3), 220, np.uint8)
+    patch = FacePatch(pix, np.array([15.0, 15, 45, 45], np.float32),
+                      np.array([[22, 25], [38, 25], [30, 32], [24, 40], [36, 40]], np.float32))  # fmt: skip
+    canvas = np.zeros((128, 128, 3), np.uint8)
+    face = np.array([[10.0, 10, 50, 50]], np.float32)
+    for _ in range(20):
+        c, b, m, ign = paste_faces(rng, canvas, face, np.full((1, 5, 2), np.nan, np.float32),
+                                   np.zeros(1, bool), [patch], 3, min_face=10, max_face=30)  # fmt: skip
+        assert len(b) == len(m) == len(ign) and 1 <= len(b) <= 4 and not ign[1:].any()
+        np.testing.assert_array_equal(b[0], face[0])  # the scene's own face is kept as is
+        new = b[1:]
+        if len(new):
+            assert iou_matrix(new, face).max() < 0.05
+            w = new[:, 2] - new[:, 0]
+            assert ((w >= 10 - 1e-3) & (w <= 30 + 1e-3)).all()
+            inside = ((m[1:, :, 0] >= new[:, None, 0]) & (m[1:, :, 0] <= new[:, None, 2])).all()
+            assert inside
+            x1, y1, x2, y2 = new[0].round().astype(int)
+            assert c[(y1 + y2) // 2, (x1 + x2) // 2].mean() > 150  # the face is really there
+    assert canvas.max() == 0  # the input is not changed
+
+
+def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
+    side = _synthetic_boxes(tmp_path)
+    photos = _photo_folder(tmp_path)
+    cfg = SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=96, crop=64,
+                         epochs=1, batch_size=4, precision_target=0.5, photos=[str(photos)],
+                         teacher_cache=str(tmp_path / "teacher.csv"), paste_prob=1.0,
+                         paste_mask=0.0, photo_share=0.5)  # fmt: skip
+    meta = train_ssd(cfg, progress=None)
+    assert meta["photo_faces"] == 5 and meta["photo_files"] == 6  # the rejected photo is left out
+    assert not {n for n, s in side.items() if s == "test"} & set(meta["train_image_names"])
+
+    from facelab.detect.paste import list_photos, teacher_labels
+    from facelab.errors import DataFormatError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataFormatError, match="no image files"):
+        list_photos([empty])
+    assert len(teacher_labels(sorted(photos.iterdir()), tmp_path / "teacher.csv")) == 5

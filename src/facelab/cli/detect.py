@@ -243,6 +243,14 @@ def detect_train_cmd(
     landmarks: Path | None = typer.Option(
         None, help="ssd-mbv2: CSV caching MTCNN landmark targets [<out>.landmarks.csv]."
     ),
+    photos: list[Path] = typer.Option(
+        [], help="ssd-mbv2: folder of single-face photos of another data set (e.g. lfw-train), "
+        "labelled by MTCNN, used as whole images and pasted into crops; repeat for several."
+    ),
+    photos_limit: int = typer.Option(0, help="ssd-mbv2: evenly spaced photos per --photos folder (0 = all)."),
+    photo_share: float = typer.Option(0.25, help="ssd-mbv2: whole photos per epoch, as a share of the boxes images."),
+    paste_prob: float = typer.Option(0.5, help="ssd-mbv2: chance a crop gets pasted photo faces."),
+    paste_mask: float = typer.Option(0.3, help="ssd-mbv2: chance a pasted face wears a rendered mask."),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -253,6 +261,8 @@ def detect_train_cmd(
       facelab detect-train --boxes ../shared/data/face-mask-detection --install
 
       facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --threads 1
+
+      facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --photos ../shared/data/lfw-train/images
     """
     import shutil
 
@@ -279,6 +289,8 @@ def detect_train_cmd(
             batch_size=batch_size, save_every=1,
             lr=lr, workers=workers, device=device, landmarks=str(landmarks or ""),
             precision_target=precision_target, threads=threads, seed=seed,
+            photos=[str(p) for p in photos], photos_limit=photos_limit, photo_share=photo_share,
+            paste_prob=paste_prob, paste_mask=paste_mask,
         )  # fmt: skip
         meta = train_ssd(cfg)
         dest = default_ssd_weights()

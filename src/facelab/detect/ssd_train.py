@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,15 @@ class SSDTrainConfig:
         limit: use only the first N training images (quick runs; 0 = all).
         save_every: also write the checkpoint every N epochs (0 = only at the end).
         seed: random seed.
+        photos: folders of single-face photos from other data sets (e.g. lfw-train) labelled
+            by a teacher (MTCNN) and used as whole training images and as copy-paste faces
+            (:mod:`facelab.detect.paste`); empty = boxes CSV only.
+        photos_limit: evenly spaced photos used per folder (0 = all).
+        photo_share: whole photos drawn per epoch, as a share of the boxes CSV's images.
+        paste_prob: chance that a crowd-scene crop gets pasted faces.
+        paste_max: at most this many faces pasted into one crop.
+        paste_mask: chance that a pasted face wears a rendered mask.
+        teacher_cache: CSV caching the teacher's photo boxes ('' = beside ``out``).
     """
 
     boxes: str = ""
@@ -89,6 +98,13 @@ class SSDTrainConfig:
     limit: int = 0
     save_every: int = 0
     seed: int = 0
+    photos: list[str] = field(default_factory=list)
+    photos_limit: int = 0
+    photo_share: float = 0.25
+    paste_prob: float = 0.5
+    paste_max: int = 4
+    paste_mask: float = 0.3
+    teacher_cache: str = ""
 
 
 def training_split(df, cfg: SSDTrainConfig):
@@ -234,22 +250,35 @@ def assign(anchors: np.ndarray, boxes: np.ndarray, marks: np.ndarray, ignore: np
 
 
 class _Crops:
-    """torch Dataset of augmented crops with their anchor targets (made in the workers)."""
+    """torch Dataset of augmented crops with their anchor targets (made in the workers).
 
-    def __init__(self, samples: list, cfg: SSDTrainConfig) -> None:
+    Items ``0..len(samples)-1`` are the boxes CSV's images (with pasted faces at
+    ``paste_prob``); the rest of an epoch are whole photos drawn afresh each epoch."""
+
+    def __init__(self, samples: list, cfg: SSDTrainConfig, photos: list = (), patches: list = ()) -> None:
         self.samples, self.cfg = samples, cfg
+        self.photos, self.patches = list(photos), list(patches)
+        self.n_photos = round(cfg.photo_share * len(samples)) if self.photos else 0
         self.anchors = anchors_for(cfg.crop or cfg.size, cfg.crop or cfg.size)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) + self.n_photos
 
     def __getitem__(self, i: int):
         import torch
 
+        from facelab.detect.paste import paste_faces
+
         rng = np.random.default_rng([self.cfg.seed, self.epoch, i])
-        image, boxes, marks = self.samples[i]
+        if i < len(self.samples):
+            image, boxes, marks = self.samples[i]
+        else:
+            image, boxes, marks = self.photos[int(rng.integers(len(self.photos)))]
         im, b, m, ign = augment(rng, image, boxes, marks, self.cfg)
+        if i < len(self.samples) and self.patches and rng.random() < self.cfg.paste_prob:
+            n = int(rng.integers(1, self.cfg.paste_max + 1))
+            im, b, m, ign = paste_faces(rng, im, b, m, ign, self.patches, n, mask_prob=self.cfg.paste_mask)
         labels, tbox, tlm, lmask = assign(self.anchors, b, m, ign)
         return (torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1),
                 torch.from_numpy(labels), torch.from_numpy(tbox), torch.from_numpy(tlm),
@@ -296,6 +325,25 @@ def _validate(det, val_df, target: float) -> dict:
             "val_images": len(groups), "val_faces": int(len(val_df))}  # fmt: skip
 
 
+def _photo_supervision(cfg: SSDTrainConfig, out: Path, progress) -> tuple[list, list, dict]:
+    """(whole-photo samples, paste patches, meta) from ``cfg.photos`` (empty when none)."""
+    if not cfg.photos:
+        return [], [], {}
+    from facelab.detect.evaluate import _progress
+    from facelab.detect.paste import list_photos, load_photo_faces, teacher_labels
+
+    files = list_photos(cfg.photos, cfg.photos_limit)
+    cache = Path(cfg.teacher_cache) if cfg.teacher_cache else out.with_suffix(".teacher.csv")
+    labels = teacher_labels(files, cache, progress=progress or _progress(True, "teacher"))
+    if labels.empty:
+        raise DataFormatError(f"{', '.join(cfg.photos)}: the teacher kept no photo (one confident "
+                              "face per photo is needed); check the folders hold face photos")
+    photos, patches = load_photo_faces(labels)
+    meta = {"photo_sources": [str(p) for p in cfg.photos], "photo_files": len(files),
+            "photo_faces": len(patches)}  # fmt: skip
+    return photos, patches, meta
+
+
 def _save(net, meta: dict, out: Path) -> None:
     import torch
 
@@ -334,7 +382,8 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
             g = fit.iloc[idx]
             samples.append((load_image(path), g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
                             marks[idx].astype(np.float32)))  # fmt: skip
-        data = _Crops(samples, cfg)
+        photos, patches, photo_meta = _photo_supervision(cfg, out, progress)
+        data = _Crops(samples, cfg, photos, patches)
         loader = torch.utils.data.DataLoader(
             data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
             drop_last=len(data) > cfg.batch_size, persistent_workers=False,
@@ -359,7 +408,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
             "train_images": int(fit["image"].nunique()), "train_faces": int(len(fit)),
             "train_image_names": sorted(fit["image"].unique().tolist()),
             "landmark_targets": int((~np.isnan(marks).any(axis=(1, 2))).sum()),
-            "config": asdict(cfg), "device": str(device),
+            "config": asdict(cfg), "device": str(device), **photo_meta,
         }  # fmt: skip
         track = progress or _progress(True, "train")
         with track as bar:
