@@ -236,4 +236,17 @@ def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(DataFormatError, match="no image files"):
         list_photos([empty])
-    assert len(teacher_labels(sorted(photos.iterdir()), tmp_path / "teacher.csv")) == 5
+    labels = teacher_labels(sorted(photos.iterdir()), tmp_path / "teacher.csv")
+    assert len(labels) == 5 and len(meta["teacher_box_offsets"]) == 4
+
+    from facelab.detect.paste import load_photo_faces
+    from facelab.detect.ssd_train import framing_offsets
+
+    # teacher boxes move to the boxes CSV's framing: here 10% of the height lower
+    off = framing_offsets(np.array([[0.0, 4, 40, 44], [10, 12, 30, 34]]),
+                          np.array([[0.0, 0, 40, 40], [10, 10, 30, 30]]))  # fmt: skip
+    np.testing.assert_allclose(off, [0, 0.1, 0, 0.15], atol=1e-9)
+    (_, b0, _), _ = (x[0] for x in load_photo_faces(labels))
+    (_, b1, _), p1 = (x[0] for x in load_photo_faces(labels, offsets=off))
+    np.testing.assert_allclose(b1[0] - b0[0], [0, 4, 0, 6], atol=1e-4)  # 40 px box
+    np.testing.assert_allclose(p1.box[3] - p1.box[1], 40 * 1.05, atol=1e-4)

@@ -251,6 +251,9 @@ def detect_train_cmd(
     photo_share: float = typer.Option(0.25, help="ssd-mbv2: whole photos per epoch, as a share of the boxes images."),
     paste_prob: float = typer.Option(0.5, help="ssd-mbv2: chance a crop gets pasted photo faces."),
     paste_mask: float = typer.Option(0.3, help="ssd-mbv2: chance a pasted face wears a rendered mask."),
+    teacher_cache: Path | None = typer.Option(
+        None, help="ssd-mbv2: CSV caching the teacher's photo boxes [<out>.teacher.csv]."
+    ),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -290,7 +293,7 @@ def detect_train_cmd(
             lr=lr, workers=workers, device=device, landmarks=str(landmarks or ""),
             precision_target=precision_target, threads=threads, seed=seed,
             photos=[str(p) for p in photos], photos_limit=photos_limit, photo_share=photo_share,
-            paste_prob=paste_prob, paste_mask=paste_mask,
+            paste_prob=paste_prob, paste_mask=paste_mask, teacher_cache=str(teacher_cache or ""),
         )  # fmt: skip
         meta = train_ssd(cfg)
         dest = default_ssd_weights()

@@ -99,11 +99,13 @@ def teacher_labels(files: list[Path], cache: Path, min_score: float = 0.95, min_
     return kept.reset_index(drop=True)
 
 
-def load_photo_faces(labels, margin: float = 0.5):
+def load_photo_faces(labels, margin: float = 0.5, offsets=None):
     """(whole-photo samples, face patches) from :func:`teacher_labels`' rows.
 
     A sample is ``(image, boxes (1, 4), marks (1, 5, 2))`` like a boxes-CSV image; a patch is
     the face box grown by ``margin`` of its size on each side, clipped to the photo.
+    ``offsets`` (x1, y1, x2, y2, in units of the box's width/height) move each teacher box
+    to the target data's framing first (``ssd_train.framing_offsets``).
     """
     from facelab.io import load_image
 
@@ -111,6 +113,9 @@ def load_photo_faces(labels, margin: float = 0.5):
     for r in labels.itertuples(index=False):
         image = load_image(r.path)
         box = np.array([r.x1, r.y1, r.x2, r.y2], np.float32)
+        if offsets is not None:
+            w, h = box[2] - box[0], box[3] - box[1]
+            box = box + np.asarray(offsets, np.float32) * [w, h, w, h]
         marks = np.array([getattr(r, c) for c in _LM], np.float32).reshape(5, 2)
         samples.append((image, box[None], marks[None]))
         w, h = box[2] - box[0], box[3] - box[1]

@@ -122,18 +122,23 @@ def training_split(df, cfg: SSDTrainConfig):
     return fit, val
 
 
-def distill_landmarks(df, cache: Path, progress=None) -> np.ndarray:
-    """(len(df), 5, 2) MTCNN landmarks of each ground-truth face (NaN where MTCNN finds no
-    face at IoU >= 0.5), cached in ``cache`` keyed by image and box."""
+def distill_landmarks(df, cache: Path, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """MTCNN's face for each ground-truth face: ((len(df), 5, 2) landmarks, (len(df), 4) box),
+    NaN where MTCNN finds no face at IoU >= 0.5; cached in ``cache`` keyed by image and box.
+
+    The boxes give :func:`framing_offsets`, the landmarks the landmark targets.
+    """
     import pandas as pd
 
     from facelab.detect.evaluate import match
     from facelab.detect.mtcnn import MTCNN
     from facelab.io import load_image
 
-    cols = [f"lm{i}_{a}" for i in range(5) for a in "xy"]
+    cols = [f"lm{i}_{a}" for i in range(5) for a in "xy"] + ["mx1", "my1", "mx2", "my2"]
     keys = ["image", "x1", "y1", "x2", "y2"]
     have = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=keys + cols)
+    if not set(cols) <= set(have.columns):  # a cache of an older format: redo it
+        have = pd.DataFrame(columns=keys + cols)
     todo = sorted(set(df["image"]) - set(have["image"]))
     if todo:
         det = MTCNN(min_face_size=12).prepare()
@@ -142,20 +147,41 @@ def distill_landmarks(df, cache: Path, progress=None) -> np.ndarray:
             g = df[df["image"] == image]
             gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
             faces = det.detect(load_image(g["path"].iloc[0]))
-            marks = np.full((len(g), 10), np.nan)
+            found = np.full((len(g), 14), np.nan)
             if faces:
                 boxes = np.array([f.box for f in faces], float)
                 ious = iou_matrix(gt, boxes)
                 hit, _ = match(gt, boxes, np.array([f.score for f in faces]))
                 for gi in np.nonzero(hit)[0]:
-                    marks[gi] = faces[int(ious[gi].argmax())].landmarks.ravel()
+                    j = int(ious[gi].argmax())
+                    found[gi] = [*faces[j].landmarks.ravel(), *boxes[j]]
             rows.append(pd.concat([g[keys].reset_index(drop=True),
-                                   pd.DataFrame(marks, columns=cols)], axis=1))  # fmt: skip
+                                   pd.DataFrame(found, columns=cols)], axis=1))  # fmt: skip
         have = pd.concat([have, *rows], ignore_index=True)
         cache.parent.mkdir(parents=True, exist_ok=True)
         have.to_csv(cache, index=False)
     merged = df[keys].merge(have.drop_duplicates(keys), on=keys, how="left")
-    return merged[cols].to_numpy(float).reshape(-1, 5, 2)
+    return merged[cols[:10]].to_numpy(float).reshape(-1, 5, 2), merged[cols[10:]].to_numpy(float)
+
+
+def framing_offsets(gt: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """Median offsets (x1, y1, x2, y2) from the teacher's boxes to the annotated ones, in units
+    of the teacher box's width/height, over faces both have (rows with NaN are skipped).
+
+    The boxes CSV's framing differs from MTCNN's (face-mask-detection boxes reach further
+    down, over the mask and chin): teacher boxes on photos are moved by these offsets so the
+    photos teach the framing the detector is scored on, not MTCNN's.
+
+    Example:
+        >>> framing_offsets(np.array([[0., 10, 100, 110]]), np.array([[0., 0, 100, 100]]))
+        array([0. , 0.1, 0. , 0.1])
+    """
+    ok = np.isfinite(teacher).all(1) & np.isfinite(gt).all(1)
+    if not ok.any():
+        return np.zeros(4)
+    t = teacher[ok]
+    wh = np.stack([t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]] * 2, 1)
+    return np.median((gt[ok] - t) / np.maximum(wh, 1e-6), axis=0)
 
 
 def _track(items, label: str, progress):
@@ -177,7 +203,7 @@ def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: S
         >>> rng = np.random.default_rng(0)
         >>> im, b, m, ign = augment(rng, np.zeros((300, 400, 3), np.uint8),
         ...                         np.array([[100., 100, 150, 160]]), np.full((1, 5, 2), np.nan),
-        ...                         SSDTrainConfig(size=128))
+        ...                         SSDTrainConfig(size=128, crop=0))
         >>> im.shape
         (128, 128, 3)
     """
@@ -325,8 +351,10 @@ def _validate(det, val_df, target: float) -> dict:
             "val_images": len(groups), "val_faces": int(len(val_df))}  # fmt: skip
 
 
-def _photo_supervision(cfg: SSDTrainConfig, out: Path, progress) -> tuple[list, list, dict]:
-    """(whole-photo samples, paste patches, meta) from ``cfg.photos`` (empty when none)."""
+def _photo_supervision(cfg: SSDTrainConfig, out: Path, offsets: np.ndarray,
+                       progress) -> tuple[list, list, dict]:
+    """(whole-photo samples, paste patches, meta) from ``cfg.photos`` (empty when none); the
+    teacher's boxes are moved by ``offsets`` (:func:`framing_offsets`)."""
     if not cfg.photos:
         return [], [], {}
     from facelab.detect.evaluate import _progress
@@ -338,9 +366,9 @@ def _photo_supervision(cfg: SSDTrainConfig, out: Path, progress) -> tuple[list, 
     if labels.empty:
         raise DataFormatError(f"{', '.join(cfg.photos)}: the teacher kept no photo (one confident "
                               "face per photo is needed); check the folders hold face photos")
-    photos, patches = load_photo_faces(labels)
+    photos, patches = load_photo_faces(labels, offsets=offsets)
     meta = {"photo_sources": [str(p) for p in cfg.photos], "photo_files": len(files),
-            "photo_faces": len(patches)}  # fmt: skip
+            "photo_faces": len(patches), "teacher_box_offsets": [round(float(v), 4) for v in offsets]}  # fmt: skip
     return photos, patches, meta
 
 
@@ -376,13 +404,14 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         fit, val = training_split(df, cfg)
         out = Path(cfg.out)
         lm_cache = Path(cfg.landmarks) if cfg.landmarks else out.with_suffix(".landmarks.csv")
-        marks = distill_landmarks(fit, lm_cache, progress or _progress(True, "landmarks"))
+        marks, teacher_boxes = distill_landmarks(fit, lm_cache, progress or _progress(True, "landmarks"))
+        offsets = framing_offsets(fit[["x1", "y1", "x2", "y2"]].to_numpy(float), teacher_boxes)
         samples = []
         for path, idx in fit.groupby("path", sort=True).indices.items():
             g = fit.iloc[idx]
             samples.append((load_image(path), g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
                             marks[idx].astype(np.float32)))  # fmt: skip
-        photos, patches, photo_meta = _photo_supervision(cfg, out, progress)
+        photos, patches, photo_meta = _photo_supervision(cfg, out, offsets, progress)
         data = _Crops(samples, cfg, photos, patches)
         loader = torch.utils.data.DataLoader(
             data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
