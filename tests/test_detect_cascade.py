@@ -135,3 +135,23 @@ def test_gather_inputs_competition_csv(tmp_path):
         "images/000001_female_Asian_45/mask1.jpg",
         "images/000001_female_Asian_45/normal.png",
     ]
+
+
+def test_large_images_map_every_point_set_back_to_source_pixels():
+    """A photo above max_side is detected downscaled: the box, the 5 landmarks and the
+    point sets kept in extra (dlib's 68, BlazeFace's 6) all come back in source pixels."""
+
+    class _Points(Detector):
+        def _detect_one(self, image):
+            h, w = image.shape[:2]  # a face in the middle of whatever size it is given
+            pts = np.array([[w * 0.4, h * 0.4], [w * 0.6, h * 0.4]], float)
+            return [Face(box=(w * 0.25, h * 0.25, w * 0.75, h * 0.75), score=0.9,
+                         landmarks=np.repeat(pts[:1], 5, 0),
+                         extra={"keypoints6": np.repeat(pts, 3, 0), "landmarks68": np.repeat(pts, 34, 0)})]  # fmt: skip
+
+    big = np.zeros((3000, 4000, 3), np.uint8)
+    (face,) = _Points(name="points").detect(big)
+    np.testing.assert_allclose(face.box, (1000, 750, 3000, 2250), rtol=1e-3)
+    np.testing.assert_allclose(face.landmarks[0], (1600, 1200), rtol=1e-3)
+    np.testing.assert_allclose(face.extra["keypoints6"][3], (2400, 1200), rtol=1e-3)
+    np.testing.assert_allclose(face.extra["landmarks68"][0], (1600, 1200), rtol=1e-3)

@@ -27,6 +27,11 @@ _REGISTRY: dict[str, Callable[..., Detector]] = {}
 DEFAULT_DETECTOR = "ssd-mbv2-onnx"
 
 
+#: ``Face.extra`` keys holding (N, 2) pixel points (dlib's 68 landmarks, BlazeFace's 6
+#: keypoints): rescaled with the box when a large image is detected at a smaller size.
+POINT_EXTRAS = ("landmarks68", "keypoints6")
+
+
 def register_detector(name: str) -> Callable[[type], type]:
     """Class decorator adding a backend to :func:`get_detector`'s names.
 
@@ -182,6 +187,9 @@ class Detector:
                     f.box = tuple(float(v) / s for v in f.box)
                     if f.landmarks is not None:
                         f.landmarks = np.asarray(f.landmarks, float) / s
+                    for key in POINT_EXTRAS:  # other point sets a backend keeps in extra
+                        if f.extra.get(key) is not None:
+                            f.extra[key] = np.asarray(f.extra[key], float) / s
             faces.sort(key=lambda f: -f.score)
         return out
 
