@@ -64,7 +64,7 @@ from facelab.data.labels import MISSING, TASKS  # noqa: E402
 from facelab.data.prepare import assign_splits  # noqa: E402
 from facelab.paths import cache_root, data_root, missing_data  # noqa: E402
 from facelab.predict.run import AttributeRun  # noqa: E402
-from facelab.train.config import load_config  # noqa: E402
+from facelab.train.config import check_resumable, load_config  # noqa: E402
 from facelab.train.trainer import fit, prepare_for  # noqa: E402
 from plain_baseline import PLAIN  # noqa: E402
 
@@ -165,6 +165,8 @@ def with_split(data, split: np.ndarray, task: str | None = None):
 def train_and_predict(cfg, data, out: Path, eval_idx: np.ndarray, last: bool) -> dict:
     """Fit (resumable) and return {task: probs} on eval_idx, cached in out/probs.npz."""
     cached = out / "probs.npz"
+    if (out / "config.yaml").is_file():  # a folder of another config is refused, not reused
+        check_resumable(out / "config.yaml", cfg)
     if cached.is_file():
         z = np.load(cached)
         if np.array_equal(z["idx"], eval_idx):

@@ -299,6 +299,11 @@ def test_masked_set_labels_follow_renders_and_read_back(tmp_path: Path) -> None:
                              seed=2, landmarks=lambda im: (_ for _ in ()).throw(AssertionError("re-rendered")))
     assert (again.written, again.already_there) == (0, 6)
     assert (tmp_path / "m" / "labels.csv").read_text().count("\n") == 7
+    # other settings into the same folder would relabel images rendered with the old ones
+    from facelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="was built with"):
+        build_masked_set(labels, tmp_path / "m", wear_weights={"none": 1}, seed=5)
 
 
 def test_masked_set_keeps_faces_without_landmarks_as_none(tmp_path: Path) -> None:

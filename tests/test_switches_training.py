@@ -410,3 +410,18 @@ def test_a_run_without_validation_split_trains_and_keeps_its_best_by_train_loss(
         result = fit(cfg, tmp_path / "r")
     assert result.best_epoch == 1 and result.history[0]["val_score"] < 0  # -train loss
     assert "calibration" not in torch.load(tmp_path / "r" / "best.pt", weights_only=False)
+
+
+def test_resume_refuses_a_run_folder_of_another_config(tmp_path):
+    """A run folder is only continued under its own settings (epochs may grow); anything
+    else would train or report one config's checkpoint as another's."""
+    from facelab.errors import ConfigError
+    from facelab.train.config import check_resumable, load_config
+
+    saved = tmp_path / "config.yaml"
+    load_config(None, ["epochs=2", "optim.lr=0.001"]).save(saved)
+    check_resumable(saved, load_config(None, ["epochs=5", "optim.lr=0.001", "threads=2"]))
+    with pytest.raises(ConfigError, match=r"another config \(optim.lr: 0.001 -> 0.002"):
+        check_resumable(saved, load_config(None, ["epochs=2", "optim.lr=0.002"]))
+    with pytest.raises(ConfigError, match="seed"):
+        check_resumable(saved, load_config(None, ["epochs=2", "optim.lr=0.001", "seed=1"]))

@@ -11,13 +11,17 @@ and population as its gender and age faces.
 
 Faces where no landmarks are found keep their photo and the label "none" (true: nothing was
 rendered) and are counted in ``unrendered``; images that cannot be decoded are skipped and
-listed in ``skipped.csv``. The build resumes: an image already written is not rendered again.
+listed in ``skipped.csv``. The build resumes: an image already written is not rendered again;
+``settings.json`` records the seed and wear weights, and a build into a folder made with
+other settings is refused (its images would carry labels of the new settings).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facelab.errors import FacelabError
+from facelab.errors import ConfigError, FacelabError
 from facelab.io.image import load_image
 from facelab.masks.competition import read_people
 from facelab.masks.landmarks import LandmarksError, detect_landmarks68
@@ -70,8 +74,9 @@ def build_masked_set(labels_csv: str | Path, out: str | Path, *,
     """
     out = Path(out)
     images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
     sampler = MaskRenderer(wear_weights=dict(wear_weights or DEFAULT_WEARS), seed=seed)
+    _check_settings(out, {"seed": seed, "wear_weights": dict(sampler.wear_weights)})
+    images.mkdir(parents=True, exist_ok=True)
     landmarks = landmarks or detect_landmarks68
     people = read_people(Path(labels_csv), Path(image_root) if image_root else None, limit)
     report = MaskedSetReport(out)
@@ -101,14 +106,14 @@ def build_masked_set(labels_csv: str | Path, out: str | Path, *,
                     continue
                 tmp = target.with_name(f".{name}.tmp")
                 if wear == "none":
-                    Image.fromarray(image).save(tmp, format="JPEG", quality=95)
+                    _save_photo(person.image, image, tmp)
                 else:
                     try:
                         pts = landmarks(image)
                     except LandmarksError:
                         pts = None
                     if pts is None:
-                        Image.fromarray(image).save(tmp, format="JPEG", quality=95)
+                        _save_photo(person.image, image, tmp)
                         marker.touch()
                         wear = "none"
                     else:
@@ -127,6 +132,32 @@ def build_masked_set(labels_csv: str | Path, out: str | Path, *,
         _write(out, rows, report.skipped)
     report.rows = len(rows)
     return report
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Record the build settings in ``out/settings.json``; refuse a folder built with others."""
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(settings)):
+            raise ConfigError(
+                f"{out} was built with {old}, not {settings}: its images carry those renders; "
+                "pass another --out or delete the folder"
+            )
+        return
+    if (out / "images").is_dir() and any((out / "images").iterdir()):
+        raise ConfigError(f"{out}/images holds files but no settings.json; pass an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def _save_photo(source: str | Path, image: np.ndarray, tmp: Path) -> None:
+    """An unmasked face keeps its photo: a JPEG source is copied byte for byte (the same
+    pixels as the test rows, which read the original), anything else is encoded once."""
+    if Path(source).suffix.lower() in (".jpg", ".jpeg"):
+        shutil.copyfile(source, tmp)
+    else:
+        Image.fromarray(image).save(tmp, format="JPEG", quality=95)
 
 
 def _write(out: Path, rows: list[list], skipped: list[tuple[str, str]]) -> None:

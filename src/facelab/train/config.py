@@ -73,6 +73,40 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+#: settings a resumed run may change (how long and how fast it trains, not what it learns).
+RESUMABLE_CHANGES = ("epochs", "patience", "threads")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(saved: str | Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run folder whose ``config.yaml`` differs from ``cfg`` in anything but
+    :data:`RESUMABLE_CHANGES`: the checkpoint would continue under settings it was not
+    trained with, and finished runs would be reported as another config's.
+
+    Example:
+        >>> check_resumable("runs/main/config.yaml", load_config(None))  # doctest: +SKIP
+    """
+    old = _flat(yaml.safe_load(Path(saved).read_text()) or {})
+    new = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    diff = sorted(k for k in old.keys() | new.keys()
+                  if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))  # fmt: skip
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+        raise ConfigError(
+            f"{Path(saved).parent} holds a run of another config ({shown}"
+            f"{', ...' if len(diff) > 3 else ''}); train into another --out, pass --no-resume to start over, or delete the folder"
+        )
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or defaults) and apply `section.key=value` overrides.
 

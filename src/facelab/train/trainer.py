@@ -31,7 +31,7 @@ from facelab.runtime import tune_allocator
 from facelab.train.augment import add_eval_center_crop, augment, center_crop, to_tensor
 from facelab.train.averaging import WeightAverager
 from facelab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from facelab.train.config import TrainConfig
+from facelab.train.config import TrainConfig, check_resumable
 from facelab.train.distributed import Distributed
 from facelab.train.losses import MultiTaskLoss, balanced_class_weights
 from facelab.train.mixing import mix_batch, mixed_targets
@@ -226,6 +226,8 @@ class Trainer:
         """
         cfg, t_start, main = self.cfg, time.perf_counter(), self.dist.main
         tune_allocator()  # no page faults on big blocks every step (see facelab.runtime)
+        if resume and (self.out / "last.pt").is_file() and (self.out / "config.yaml").is_file():
+            check_resumable(self.out / "config.yaml", cfg)
         if main:
             cfg.save(self.out / "config.yaml")
         with _progress(main) as bar:
