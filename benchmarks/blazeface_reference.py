@@ -83,6 +83,9 @@ def main() -> None:
                 dist = np.linalg.norm(pts - ours[j].extra["keypoints6"], axis=1)
                 kp_err.append(float(np.median(dist)) / (b[2] - b[0]))
                 score_gap.append(abs(float(d.score) - ours[j].score))
+        if not ious:
+            print(f"| blazeface-{kind} | {n_ref} | {n_ours} | 0 | - | - | - |")
+            continue
         print(f"| blazeface-{kind} | {n_ref} | {n_ours} | {len(ious)} | {np.median(ious):.3f} | "
               f"{np.median(kp_err):.3f} | {max(score_gap):.3f} |")
 

@@ -30,7 +30,6 @@ All 6 raw points are kept in ``extra["keypoints6"]``.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,10 +231,10 @@ def converted(model: BlazeModel, tflite: str | Path | None = None) -> dict:
     state = {k: torch.from_numpy(np.array(v)) for k, v in graph.pop("weights").items()}
     ckpt = {"format": FORMAT, "graph": graph, "state": state,
             "meta": {"kind": model.kind, "source": src.name, "sha256": digest}}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # two processes may convert at once
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    from facelab.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # two processes may convert at once
+        torch.save(ckpt, tmp)
     return ckpt
 
 

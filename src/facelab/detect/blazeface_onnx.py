@@ -10,7 +10,6 @@ into ``$FACELAB_CACHE/onnx/`` (keyed by the source ``.tflite`` file's hash).
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -40,17 +39,18 @@ def export_blazeface(kind: str, out: str | Path, tflite: str | Path | None = Non
 
     model = _model(kind)
     net = build_blazeface(converted(model, tflite))
+    from facelab.io.atomic import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        out = out / f"blazeface-{kind}.onnx"
     axes = {"input": {0: "batch", 2: "height", 3: "width"},
             **{o: {0: "batch", 1: "anchors"} for o in OUTPUTS}}  # fmt: skip
-    tmp = out.with_suffix(f".tmp{os.getpid()}.onnx")  # two processes may export at once
-    with torch.inference_mode(), warnings.catch_warnings():
+    with atomic_path(out, ".onnx") as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on constant folding, not errors
         torch.onnx.export(net, (torch.zeros(2, 3, model.size, model.size),), str(tmp),
                           input_names=["input"], output_names=OUTPUTS, dynamic_axes=axes,
                           opset_version=17, dynamo=False)  # fmt: skip
-    tmp.replace(out)
     return out
 
 

@@ -120,8 +120,8 @@ def load_photo_faces(labels, margin: float = 0.5, offsets=None):
         samples.append((image, box[None], marks[None]))
         w, h = box[2] - box[0], box[3] - box[1]
         x0, y0 = max(0, int(box[0] - margin * w)), max(0, int(box[1] - margin * h))
-        x1 = min(image.shape[1], int(math.ceil(box[2] + margin * w)))
-        y1 = min(image.shape[0], int(math.ceil(box[3] + margin * h)))
+        x1 = min(image.shape[1], math.ceil(box[2] + margin * w))
+        y1 = min(image.shape[0], math.ceil(box[3] + margin * h))
         patches.append(FacePatch(image[y0:y1, x0:x1].copy(), box - [x0, y0, x0, y0], marks - [x0, y0]))
     return samples, patches
 

@@ -58,8 +58,8 @@ def read_tflite(path: str | Path) -> dict:
     except WeightsError:
         raise
     except Exception as exc:  # noqa: BLE001  (not a flatbuffer, truncated, ...)
-        raise WeightsError(f"{path}: cannot be read as a TFLite model ({type(exc).__name__}); "
-                           "pass an intact .tflite file") from None  # fmt: skip
+        raise WeightsError(f"{path}: cannot be read as a TFLite model ({type(exc).__name__}: "
+                           f"{str(exc)[:160]}); pass an intact .tflite file") from None  # fmt: skip
 
 
 def _parse(path: Path, tflite, BuiltinOperator) -> dict:
@@ -155,6 +155,8 @@ def _parse(path: Path, tflite, BuiltinOperator) -> dict:
             rec.update(size=[ho, wo], scale=[ho / hi, wo / wi], align_corners=bool(o.AlignCorners()),
                        half_pixel=bool(o.HalfPixelCenters()))  # fmt: skip
         elif name == "RESHAPE":
+            if len(shape(out)) == 4:  # the port keeps NCHW tensors; a 4-D reshape would mix them up
+                raise WeightsError(f"{path}: RESHAPE to 4 dimensions is not supported")
             rec.update(shape=shape(out), in_rank=len(shape(ins[0])))
         elif name == "CONCATENATION":
             o = options(op, tflite.ConcatenationOptions)

@@ -67,8 +67,10 @@ class BuildReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_people(labels_csv: Path, image_root: Path | None = None, limit: int = 0) -> list[Person]:
-    """People (one per row) of a labels CSV with columns image, age, gender (race optional)."""
+def read_people(labels_csv: Path, image_root: Path | None = None, limit: int = 0,
+                command: str = "make-competition") -> list[Person]:
+    """People (one per row) of a labels CSV with columns image, age, gender (race optional);
+    ``command`` names the caller in errors."""
     labels_csv = Path(labels_csv)
     if not labels_csv.is_file():
         raise DataFormatError(f"{labels_csv}: labels CSV not found; check the path")
@@ -80,7 +82,7 @@ def read_people(labels_csv: Path, image_root: Path | None = None, limit: int = 0
         if missing:
             raise DataFormatError(
                 f"{labels_csv}: missing column(s) {sorted(missing)}; found {sorted(cols)}. "
-                "make-competition needs image, age, gender (race optional)"
+                f"{command} needs image, age, gender (race optional)"
             )
         people = []
         for i, row in enumerate(reader):

@@ -78,7 +78,8 @@ def build_masked_set(labels_csv: str | Path, out: str | Path, *,
     _check_settings(out, {"seed": seed, "wear_weights": dict(sampler.wear_weights)})
     images.mkdir(parents=True, exist_ok=True)
     landmarks = landmarks or detect_landmarks68
-    people = read_people(Path(labels_csv), Path(image_root) if image_root else None, limit)
+    people = read_people(Path(labels_csv), Path(image_root) if image_root else None, limit,
+                         command="make-masked / render_masks")
     report = MaskedSetReport(out)
     rows: list[list] = []
     bar = people
