@@ -227,6 +227,14 @@ def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
                          paste_mask=0.0, photo_share=0.5)  # fmt: skip
     meta = train_ssd(cfg, progress=None)
     assert meta["photo_faces"] == 5 and meta["photo_files"] == 6  # the rejected photo is left out
+    assert meta["coarse"] == 160 and 0.05 <= meta["score_thresh"] < 1
+
+    from facelab.detect.ssd_train import rethreshold
+
+    again = rethreshold(SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=128,
+                                       precision_target=0.5))  # fmt: skip
+    assert again["size"] == 128 and again["photo_faces"] == 5  # the rest of the meta is kept
+    assert get_detector("ssd-mbv2", weights=str(tmp_path / "d.pt")).prepare().cfg.size == 128
     assert not {n for n, s in side.items() if s == "test"} & set(meta["train_image_names"])
 
     from facelab.detect.paste import list_photos, teacher_labels

@@ -254,6 +254,10 @@ def detect_train_cmd(
     teacher_cache: Path | None = typer.Option(
         None, help="ssd-mbv2: CSV caching the teacher's photo boxes [<out>.teacher.csv]."
     ),
+    threshold_only: bool = typer.Option(
+        False, help="ssd-mbv2: no training; choose the score threshold of the --out checkpoint "
+        "again on the validation images (at --size) and write it into the checkpoint."
+    ),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -266,11 +270,15 @@ def detect_train_cmd(
       facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --threads 1
 
       facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --photos ../shared/data/lfw-train/images
+
+      facelab detect-train --arch ssd-mbv2 --boxes ../shared/data/face-mask-detection --out runs/detect/ssd-mbv2.pt --threshold-only
     """
     import shutil
 
     from facelab.errors import ConfigError
 
+    if threshold_only and arch != "ssd-mbv2":
+        raise ConfigError("--threshold-only works with --arch ssd-mbv2")
     if arch == "mtcnn-mask":
         from facelab.detect.mtcnn import default_mask_weights
         from facelab.detect.train import DetectTrainConfig, train_detector
@@ -284,7 +292,7 @@ def detect_train_cmd(
         dest = default_mask_weights()
     elif arch == "ssd-mbv2":
         from facelab.detect.ssd import default_ssd_weights
-        from facelab.detect.ssd_train import SSDTrainConfig, train_ssd
+        from facelab.detect.ssd_train import SSDTrainConfig, rethreshold, train_ssd
 
         out = out or Path("runs/detect/ssd-mbv2.pt")
         cfg = SSDTrainConfig(
@@ -295,7 +303,7 @@ def detect_train_cmd(
             photos=[str(p) for p in photos], photos_limit=photos_limit, photo_share=photo_share,
             paste_prob=paste_prob, paste_mask=paste_mask, teacher_cache=str(teacher_cache or ""),
         )  # fmt: skip
-        meta = train_ssd(cfg)
+        meta = rethreshold(cfg) if threshold_only else train_ssd(cfg)
         dest = default_ssd_weights()
     else:
         raise ConfigError(f"--arch must be mtcnn-mask or ssd-mbv2, got {arch!r}")

@@ -330,25 +330,66 @@ def ssd_loss(outputs, labels, tbox, tlm, lmask):
     return total, {k: float(v.detach()) for k, v in (("cls", cls), ("box", box), ("lm", lm))}
 
 
-def _validate(det, val_df, target: float) -> dict:
-    """Score threshold on validation images: the lowest whose precision reaches ``target``."""
+def choose_score_threshold(weights: str | Path, val_df, target: float, coarse: int = 160,
+                           size: int = 0, step: float = 0.005) -> dict:
+    """The score threshold of a checkpoint, chosen on validation images as the detector runs.
+
+    Both letterbox passes are run once at a low threshold; then, for each candidate
+    threshold, both are cut at it *before* the passes are merged (:func:`ssd.merge_scales`
+    drops fine-pass faces inside coarse-pass faces, so cutting after the merge would let
+    junk coarse boxes below the threshold delete real faces). The threshold kept is the one
+    with the highest recall among those whose precision reaches ``target`` (the highest
+    precision when none does).
+
+    Example:
+        >>> choose_score_threshold("d.pt", split_rows(read_boxes("b.csv"), "val"), 0.9)  # doctest: +SKIP
+        {'score_thresh': 0.45, 'val_precision': 0.9, 'val_recall': 0.74, ...}
+    """
     from facelab.detect.evaluate import match
-    from facelab.detect.train import choose_threshold
+    from facelab.detect.ssd import SSDMobileNetV2Detector, merge_scales
     from facelab.io import load_image
 
-    scores, hits = [], []
+    det = SSDMobileNetV2Detector(weights=str(weights), score_thresh=0.05, coarse=0,
+                                 size=size or None).prepare()
     groups = list(val_df.groupby("path", sort=True))
-    found = det.detect_batch([load_image(p) for p, _ in groups])
-    for (_, g), faces in zip(groups, found):
-        gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
-        sc = np.array([f.score for f in faces])
-        _, det_hit = match(gt, np.array([f.box for f in faces], float).reshape(-1, 4), sc)
-        scores.append(sc)
-        hits.append(det_hit)
-    s, h = np.concatenate(scores), np.concatenate(hits)
-    thr, prec, rec = choose_threshold(s, h, len(val_df), target)
-    return {"score_thresh": round(thr, 4), "val_precision": prec, "val_recall": rec,
-            "val_images": len(groups), "val_faces": int(len(val_df))}  # fmt: skip
+    images = [load_image(p) for p, _ in groups]
+    fine = det._pass(images, int(det.cfg.size))
+    rough = det._pass(images, coarse) if coarse else [[] for _ in images]
+    gts = [g[["x1", "y1", "x2", "y2"]].to_numpy(float) for _, g in groups]
+    best = None
+    grid = np.round(np.arange(0.05, 1.0, step), 4)  # even steps: most scores are low, quantiles would skip the top
+    for t in grid:
+        found = correct = n_det = 0
+        for f, c, gt in zip(fine, rough, gts):
+            faces = merge_scales([x for x in f if x.score >= t], [x for x in c if x.score >= t], det.cfg.nms)
+            boxes = np.array([x.box for x in faces], float).reshape(-1, 4)
+            gt_hit, det_hit = match(gt, boxes, np.array([x.score for x in faces]))
+            found, correct, n_det = found + int(gt_hit.sum()), correct + int(det_hit.sum()), n_det + len(faces)
+        prec = correct / n_det if n_det else 0.0
+        rec = found / max(len(val_df), 1)
+        key = (prec >= target, rec if prec >= target else prec, -t)
+        if best is None or key > best[0]:
+            best = (key, float(t), prec, rec)
+    _, thr, prec, rec = best
+    return {"score_thresh": round(thr, 4), "size": int(det.cfg.size), "coarse": int(coarse),
+            "val_precision": round(prec, 4),
+            "val_recall": round(rec, 4), "val_images": len(groups), "val_faces": int(len(val_df))}  # fmt: skip
+
+
+def rethreshold(cfg: SSDTrainConfig) -> dict:
+    """Choose ``cfg.out``'s score threshold again on the validation images (no training) and
+    write it into the checkpoint's meta; returns the meta."""
+    from facelab.detect.ssd import load_checkpoint
+
+    out = Path(cfg.out)
+    ckpt = load_checkpoint(out)
+    meta = dict(ckpt["meta"])
+    if meta.get("test_fraction", cfg.test_fraction) != cfg.test_fraction:
+        raise DataFormatError(f"{out} was trained with test_fraction {meta['test_fraction']}")
+    _, val = training_split(read_boxes(cfg.boxes), cfg)
+    meta.update(choose_score_threshold(out, val, cfg.precision_target, size=cfg.size))
+    _save_state(ckpt["state"], meta, out)
+    return meta
 
 
 def _photo_supervision(cfg: SSDTrainConfig, out: Path, offsets: np.ndarray,
@@ -373,9 +414,12 @@ def _photo_supervision(cfg: SSDTrainConfig, out: Path, offsets: np.ndarray,
 
 
 def _save(net, meta: dict, out: Path) -> None:
+    _save_state({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, meta, out)
+
+
+def _save_state(state: dict, meta: dict, out: Path) -> None:
     import torch
 
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     torch.save({"state": state, "meta": meta}, tmp)
@@ -470,8 +514,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         meta.update(history=history, epochs_done=cfg.epochs,
                     train_seconds=round(time.perf_counter() - t0, 1))
         _save(net, meta, out)
-        det = SSDMobileNetV2Detector(weights=str(out), score_thresh=0.05)
-        meta.update(_validate(det, val, cfg.precision_target))
+        meta.update(choose_score_threshold(out, val, cfg.precision_target))
         _save(net, meta, out)
         return meta
     finally:
