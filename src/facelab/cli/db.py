@@ -47,7 +47,8 @@ def init(
     embedder: str = typer.Option("dlib-resnet", help="Embedding model (dlib-resnet, dlib-resnet-upper, "
                                  "dlib-student, mfn-student, mbv2-student, pixels, mobilefacenet)."),
     embedder_checkpoint: Path | None = typer.Option(
-        None, help="Student / mobilefacenet weights (default for students: the bundled ones)."),
+        None, help="Student / mobilefacenet weights (best.pt of `facelab embed-train distill`; "
+        "none are bundled yet)."),
     detector: str = typer.Option("mtcnn", help="Face detector (mtcnn, dlib-hog, dlib-cnn, haar, whole)."),
     fallback: str = typer.Option(
         "skip", help="When no face is detected: skip (no face = no face) or whole (use the whole "
@@ -258,7 +259,8 @@ def verify_eval(
     occlude_below: float | None = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
     align: str = typer.Option("shape5", help="dlib chip alignment: shape5, landmarks or eyes."),
     checkpoint: Path | None = typer.Option(None, help="mobilefacenet / *-student: trained checkpoint "
-                                           "(students default to the bundled weights)."),
+                                           "(best.pt of `facelab embed-train distill`; none are "
+                                           "bundled yet)."),
     plain: bool = typer.Option(False, help="Also run the plain face_recognition recipe (dlib HOG "
                                "boxes, dlib 5-point chip, dlib's C++ network, no jitter, no flip) "
                                "on the same pairs and print both."),
@@ -274,7 +276,7 @@ def verify_eval(
 
       facelab verify-eval ../shared/data/lfw/pairs.csv --out runs/lfw --plain
 
-      facelab verify-eval pairs.csv --embedder dlib-student   # the bundled mask-robust student
+      facelab verify-eval pairs.csv --embedder dlib-student --checkpoint runs/distill/dlib/best.pt
     """
     from facelab.embed.base import get_embedder
     from facelab.embed.pipeline import FacePipeline, PipelineConfig

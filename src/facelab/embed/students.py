@@ -148,7 +148,7 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict]:
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"student checkpoint {path} not found; train one with "
-                              "`facelab embed-train distill` or use the bundled weights")
+                              "`facelab embed-train distill`")
     ck = load_torch_file(path, "student checkpoint")
     if not isinstance(ck, dict) or "student" not in ck or "kind" not in ck:
         raise CheckpointError(f"{path}: not a facelab student checkpoint (written by "
@@ -158,7 +158,9 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict]:
 
 
 def bundled_weights(kind: str) -> Path:
-    """The student checkpoint shipped in ``facelab/weights/`` (see its model card)."""
+    """Where a student checkpoint shipped with facelab lives (``facelab/weights/``); none is
+    shipped yet (issue 15: no student beat dlib on unseen people), so students need a
+    ``checkpoint``."""
     name = {"dlib": "dlib_student.pt", "mobilefacenet": "mfn_student.pt",
             "mobilenetv2": "mbv2_student.pt"}[kind]
     return Path(__file__).resolve().parent.parent / "weights" / name
@@ -172,7 +174,7 @@ class StudentEmbedder(DlibResNetEmbedder):
     mixes vectors of two students or of a student and dlib.
 
     Example:
-        >>> emb = get_embedder("mfn-student")            # doctest: +SKIP  (bundled weights)
+        >>> emb = get_embedder("mfn-student", checkpoint="best.pt")  # doctest: +SKIP
         >>> emb.embed_faces(image, faces).shape           # doctest: +SKIP
         (1, 128)
     """
