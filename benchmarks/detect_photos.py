@@ -1,0 +1,92 @@
+"""Does photo supervision help ssd-mbv2? Boxes-only training against boxes + single-face photos.
+
+Issue 17, item 2: single-face photos of another data set (lfw-train by default), labelled by
+a teacher (MTCNN, boxes moved to the boxes CSV's framing), used as whole training images and
+pasted into crowd crops (some with rendered masks). Both variants train with the same
+settings and seeds on the training split of face-mask-detection; they are compared only on
+data that chooses things (validation images of the training split, at the score threshold
+each checkpoint gets for precision >= 0.90) and on the close-up photo sets, never on the
+test split.
+
+Usage:
+    OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
+        [--photos-limit 1500] [--out runs/bench/detect_photos] [--threads 2]
+
+Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
+with 2 threads on an idle 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    from facelab.detect.evaluate import evaluate_photos, read_boxes, sample_photos, split_rows
+    from facelab.detect.ssd import SSDMobileNetV2Detector
+    from facelab.detect.ssd_train import SSDTrainConfig, choose_score_threshold, train_ssd
+    from facelab.paths import data_root, missing_data
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--photos-limit", type=int, default=1500)
+    ap.add_argument("--close-ups", type=int, default=150, help="photos per close-up set")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/detect_photos"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    missing = missing_data("face-mask-detection", "lfw-train")
+    if missing:
+        print(f"skip: {missing}")
+        return 0
+    boxes = data_root() / "face-mask-detection"
+    val = split_rows(read_boxes(boxes), "val")
+    close_ups = {name: sample_photos(data_root() / name / "images", args.close_ups)
+                 for name in ("rmfd-masked-faces", "utkface") if not missing_data(name)}  # fmt: skip
+    variants = {"boxes only": [], "boxes + photos": [str(data_root() / "lfw-train" / "images")]}
+    rows = []
+    for seed in args.seeds:
+        for name, photos in variants.items():
+            tag = "photos" if photos else "boxes"
+            out = args.out / f"{tag}-s{seed}.pt"
+            if not out.is_file():
+                cfg = SSDTrainConfig(boxes=str(boxes), out=str(out), epochs=args.epochs, seed=seed,
+                                     threads=args.threads, photos=photos,
+                                     photos_limit=args.photos_limit,
+                                     landmarks=str(args.out / "landmarks.csv"),
+                                     teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip
+                train_ssd(cfg)
+            thr = choose_score_threshold(out, val, 0.90)
+            row = {"variant": name, "seed": seed, "threshold": thr["score_thresh"],
+                   "val recall @P>=0.90": thr["val_recall"], "val precision": thr["val_precision"]}
+            det = SSDMobileNetV2Detector(weights=str(out), score_thresh=thr["score_thresh"])
+            for set_name, files in close_ups.items():
+                res = evaluate_photos(det, files, progress=False)
+                r = res.row()
+                row[f"{set_name} found"] = r["found"]
+                row[f"{set_name} extra"] = r["extra"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in table.itertuples(index=False)]
+    print("\nper seed:\n| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+    print("\n".join("| " + " | ".join(c) + " |" for c in cells))
+    cols = [c for c in table.columns if c not in ("variant", "seed", "threshold")]
+    summary = table.groupby("variant", sort=False)[cols].agg(["mean", "std"])
+    print("\nmean and sd over seeds " + " ".join(map(str, args.seeds)) + ":")
+    for variant, r in summary.iterrows():
+        print(f"{variant:<16}" + "  ".join(
+            f"{c} {r[(c, 'mean')]:.3f}" + ("" if np.isnan(r[(c, 'std')]) else f" +- {r[(c, 'std')]:.3f}")
+            for c in cols))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
