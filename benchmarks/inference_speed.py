@@ -146,7 +146,12 @@ def analyze_speed(run_dir: Path, scenes: list[str], gt: dict, faces: list[str]) 
     recipe = get_embedder("dlib-resnet", net="dlib", flip=False)
     ours = get_embedder("dlib-resnet")  # facelab's default: the same network in ONNX Runtime,
     attrs = AttributeRun.load(run_dir, backend="onnx-int8")  # batched, with flip
+    from facelab.detect.base import DEFAULT_DETECTOR
+
     pipelines = {
+        f"facelab default: {DEFAULT_DETECTOR} + attributes (int8) + dlib network (ONNX, flip)":
+            FaceAnalyzer(DEFAULT_DETECTOR, attrs, ours),
+        f"facelab: {DEFAULT_DETECTOR} + attributes (int8), no embedding": FaceAnalyzer(DEFAULT_DETECTOR, attrs),
         "facelab: mtcnn + attributes (int8) + dlib network (ONNX, flip)": FaceAnalyzer("mtcnn", attrs, ours),
         "facelab: mtcnn + attributes (int8), no embedding": FaceAnalyzer("mtcnn", attrs),
         "face_recognition recipe: HOG + 5-point chip + dlib embedding": FaceAnalyzer("dlib-hog", None, recipe),
