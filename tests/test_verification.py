@@ -63,3 +63,13 @@ def test_missing_embeddings_count_as_rejects_and_files(tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["failed_images"] == ["C/3.jpg"]
     assert (tmp_path / "out" / "roc.png").stat().st_size > 1000
     assert len(pd.read_csv(tmp_path / "out" / "scores.csv")) == 3
+
+
+def test_folds_without_pairs_are_a_clear_error(tmp_path):
+    from facelab.errors import DataFormatError
+    from facelab.evaluate.verification import run_verify_eval
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("image_a,image_b,same,fold\nA/1.jpg,A/2.jpg,1,1\nB/1.jpg,C/1.jpg,0,2\n")
+    with pytest.raises(DataFormatError, match=r"no pairs in fold\(s\) \[4, 5\]; its folds are \[1, 2\]"):
+        run_verify_eval(csv, pipeline=None, folds=[4, 5])

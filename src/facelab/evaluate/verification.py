@@ -249,7 +249,11 @@ def run_verify_eval(
     root = Path(root) if root else pairs_csv.parent
     df = load_pairs(pairs_csv)
     if folds:
+        have = sorted(df["fold"].unique().tolist())
         df = df[df["fold"].isin(folds)].reset_index(drop=True)
+        if df.empty:
+            raise DataFormatError(f"{pairs_csv}: no pairs in fold(s) {sorted(folds)}; its folds are "
+                                  f"{have}")
     if limit:
         df = df.iloc[:limit].reset_index(drop=True)
     stages: dict[str, int] = {}
