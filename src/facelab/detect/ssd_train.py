@@ -435,7 +435,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
     import torch
 
     from facelab.detect.evaluate import _progress
-    from facelab.detect.ssd import SSDMobileNetV2Detector, build_model
+    from facelab.detect.ssd import build_model
     from facelab.io import load_image
 
     t0 = time.perf_counter()
