@@ -34,16 +34,15 @@ def export_ssd(weights: str | Path, out: str | Path) -> Path:
     net = build_model(fpn=int(ckpt["meta"].get("fpn", 64)), pretrained=False)
     net.load_state_dict({k: v.float() for k, v in ckpt["state"].items()})
     net.eval()
+    from facelab.io.atomic import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     axes = {"input": {0: "batch", 2: "height", 3: "width"},
             **{o: {0: "batch", 1: "anchors"} for o in OUTPUTS}}  # fmt: skip
-    tmp = out.with_suffix(".tmp.onnx")
-    with torch.inference_mode():
+    with atomic_path(out, ".onnx") as tmp, torch.inference_mode():
         torch.onnx.export(net, (torch.zeros(1, 3, 256, 320),), str(tmp), input_names=["input"],
                           output_names=OUTPUTS, dynamic_axes=axes, opset_version=17,
                           dynamo=False)  # fmt: skip
-    tmp.replace(out)
     return out
 
 

@@ -420,10 +420,10 @@ def _save(net, meta: dict, out: Path) -> None:
 def _save_state(state: dict, meta: dict, out: Path) -> None:
     import torch
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save({"state": state, "meta": meta}, tmp)
-    tmp.replace(out)
+    from facelab.io.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        torch.save({"state": state, "meta": meta}, tmp)
 
 
 def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
