@@ -272,6 +272,20 @@ class _NoBar:
         return False
 
 
+def track_items(items, label: str, progress):
+    """Yield ``items``, advancing a task ``label`` on ``progress`` (a :func:`_progress` bar;
+    None = no bar), for loops of detector passes over images (landmark and teacher labels)."""
+    if progress is None:
+        yield from items
+        return
+    with progress as bar:
+        task = bar.add_task(label, total=len(items)) if bar else None
+        for item in items:
+            yield item
+            if bar:
+                bar.advance(task)
+
+
 def _progress(enabled: bool, _label: str):
     if not enabled:
         return _NoBar()

@@ -68,7 +68,7 @@ def teacher_labels(files: list[Path], cache: Path, min_score: float = 0.95, min_
     import pandas as pd
 
     from facelab.detect.mtcnn import MTCNN
-    from facelab.detect.ssd_train import _track
+    from facelab.detect.evaluate import track_items
     from facelab.errors import FacelabError
     from facelab.io import load_image
 
@@ -77,7 +77,7 @@ def teacher_labels(files: list[Path], cache: Path, min_score: float = 0.95, min_
     if todo:
         det = MTCNN(min_face_size=20).prepare()
         rows = []
-        for path in _track(todo, "teacher boxes", progress):
+        for path in track_items(todo, "teacher boxes", progress):
             row = [path] + [np.nan] * (len(_COLS) - 1)
             try:
                 faces = det.detect(load_image(path))

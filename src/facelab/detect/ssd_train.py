@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.detect.evaluate import iou_matrix, read_boxes, split_rows
+from facelab.detect.evaluate import iou_matrix, read_boxes, split_rows, track_items
 from facelab.detect.ssd import (
     ARCH,
     FLIP_LANDMARKS,
@@ -143,7 +143,7 @@ def distill_landmarks(df, cache: Path, progress=None) -> tuple[np.ndarray, np.nd
     if todo:
         det = MTCNN(min_face_size=12).prepare()
         rows = []
-        for image in _track(todo, "MTCNN landmarks", progress):
+        for image in track_items(todo, "MTCNN landmarks", progress):
             g = df[df["image"] == image]
             gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
             faces = det.detect(load_image(g["path"].iloc[0]))
@@ -182,18 +182,6 @@ def framing_offsets(gt: np.ndarray, teacher: np.ndarray) -> np.ndarray:
     t = teacher[ok]
     wh = np.stack([t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]] * 2, 1)
     return np.median((gt[ok] - t) / np.maximum(wh, 1e-6), axis=0)
-
-
-def _track(items, label: str, progress):
-    if progress is None:
-        yield from items
-        return
-    with progress as bar:
-        task = bar.add_task(label, total=len(items)) if bar else None
-        for item in items:
-            yield item
-            if bar:
-                bar.advance(task)
 
 
 def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: SSDTrainConfig):
