@@ -40,6 +40,8 @@ def train_cmd(
     Example:
 
         facelab clips train -c configs/clips.yaml -o runs/falls --cv --set data.size=112
+
+        facelab clips train -c configs/clips_motion.yaml -o runs/motion --set data.train=gmdcsa24
     """
     from facelab.clips.config import load_clip_config
     from facelab.clips.dataset import load_clips
@@ -56,9 +58,10 @@ def train_cmd(
         return
     res = fit(cfg, table, out, resume=resume, progress=progress)
     last = res.history[-1] if res.history else {}
+    fitted = (f"final train loss {last['train_loss']:.3f}" if "train_loss" in last
+              else f"train accuracy {last.get('train_acc', float('nan')):.3f}")
     typer.echo(f"trained on {len(table) - len(res.skipped)} clips ({', '.join(res.classes)}), "
-               f"final train loss {last.get('train_loss', float('nan')):.3f}, "
-               f"{res.train_clips_per_s:.1f} train clips/s")
+               f"{fitted}, {res.train_clips_per_s:.1f} train clips/s")
     if res.skipped:
         typer.secho(f"{len(res.skipped)} clip(s) not decodable, listed in {out / 'skipped.csv'}",
                     fg=typer.colors.YELLOW, err=True)

@@ -12,7 +12,8 @@ from facelab.clips.crop import CROPS
 from facelab.config import apply_overrides, build_dataclass, read_yaml
 from facelab.errors import ConfigError
 
-KINDS = ("2d", "3d", "i3d")
+KINDS = ("2d", "3d", "i3d", "frozen")
+FEATURE_SETS = ("appearance", "mhi", "trajectory")  # of model.kind frozen (facelab.clips.frozen)
 ARCHS_3D = ("r3d_18", "mc3_18", "r2plus1d_18")
 
 
@@ -43,13 +44,19 @@ class ClipModelConfig:
     """Attributes:
         kind: `2d` (an image backbone per frame, scores averaged over frames), `3d`
             (a torchvision video ResNet, from scratch) or `i3d` (the 2D backbone inflated to
-            3D, starting from its 2D weights: I3D-style, since no Kinetics weights are offline).
+            3D, starting from its 2D weights: I3D-style, since no Kinetics weights are offline)
+            or `frozen` (no network trained: frozen backbone features and/or motion cues, one
+            logistic regression per feature set, probabilities averaged; facelab.clips.frozen).
         backbone: 2D backbone name from facelab.models (mobilenet_v2 has offline ImageNet weights).
         pretrained: `imagenet`, '' (random) or a .pth file (2D only).
         freeze: frozen early backbone stages (2d, i3d; mobilenet_v2 has 19).
         time_kernel: temporal extent of the inflated spatial convolutions (i3d; odd).
         arch3d: r3d_18 | mc3_18 | r2plus1d_18 (3D, random init: no Kinetics weights offline).
         dropout: before the linear classifier.
+        features: frozen only, a comma list of `appearance` (backbone features of the middle
+            frame), `mhi` (backbone features of the clip's motion image) and `trajectory`
+            (the moving silhouette's box over time: 11 camera-independent numbers).
+        C: frozen only, inverse L2 strength of the logistic regressions.
     """
 
     kind: str = "2d"
@@ -59,6 +66,8 @@ class ClipModelConfig:
     arch3d: str = "r3d_18"
     time_kernel: int = 3
     dropout: float = 0.2
+    features: str = "mhi,trajectory"
+    C: float = 1.0
 
 
 @dataclass
@@ -112,11 +121,18 @@ class ClipConfig:
         if min(s.pool, s.train_frames, s.eval_frames) < 1 or s.train_frames > s.pool:
             raise ConfigError("sampling: pool, train_frames and eval_frames must be >= 1 and "
                               "train_frames <= pool")
-        if self.model.kind != "2d" and s.train_frames != s.eval_frames:
+        if self.model.kind in ("3d", "i3d") and s.train_frames != s.eval_frames:
             raise ConfigError(f"a {self.model.kind} model needs sampling.train_frames == "
                               "sampling.eval_frames")
         if self.model.kind == "i3d" and (self.model.time_kernel < 1 or self.model.time_kernel % 2 == 0):
             raise ConfigError(f"model.time_kernel={self.model.time_kernel}: use an odd number >= 1")
+        if self.model.kind == "frozen":
+            sets = [f.strip() for f in self.model.features.split(",") if f.strip()]
+            if not sets or set(sets) - set(FEATURE_SETS) or self.model.C <= 0:
+                raise ConfigError(f"model.features {self.model.features!r}: use a comma list of "
+                                  f"{FEATURE_SETS}; model.C must be > 0")
+            if "mhi" in sets and s.eval_frames < 2:
+                raise ConfigError("the mhi feature set needs sampling.eval_frames >= 2 (e.g. 16)")
         if self.data.size < 16 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("data.size >= 16, epochs >= 1 and batch_size >= 1 are required")
 

@@ -22,46 +22,22 @@ import torchvision.transforms.v2.functional as TF
 
 from facelab.clips.config import ClipConfig
 from facelab.clips.crop import apply_crop
+from facelab.clips.frozen import FrozenClipModel
 from facelab.clips.model import ClipModel
 from facelab.clips.timeline import DetectConfig, sliding_probs
-from facelab.clips.video import FrameCache, decode_timed
+from facelab.clips.video import FrameCache, decode_timed, load_stacks, progress_bar as _progress
 from facelab.config import build_dataclass
 from facelab.errors import CheckpointError, DataFormatError, ImageDecodeError
+from facelab.io.atomic import atomic_path
+from facelab.io.torchfile import load_torch_file
 from facelab.runtime import tune_allocator
 
 log = logging.getLogger(__name__)
 FORMAT = "facelab-clips-1"
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                    transient=True, disable=not enabled)
-
-
 def make_cache(cfg: ClipConfig) -> FrameCache:
     return FrameCache(cfg.data.size, cfg.data.cache_dir or None, enabled=cfg.data.cache)
-
-
-def load_stacks(clips: list[str], ks: tuple[int, ...], cache: FrameCache,
-                progress: bool = False) -> tuple[dict[str, dict[int, np.ndarray]], list[tuple[str, str]]]:
-    """Frame stacks per clip for every k in `ks` (decoding each clip at most once), and the
-    (clip, reason) list of clips that could not be decoded."""
-    stacks: dict[str, dict[int, np.ndarray]] = {}
-    bad: list[tuple[str, str]] = []
-    with _progress(progress) as bar:
-        task = bar.add_task("decode clips", total=len(clips))
-        for clip in clips:
-            if clip not in stacks and clip not in dict(bad):
-                try:
-                    stacks[clip] = cache.fill(clip, ks)
-                except ImageDecodeError as exc:
-                    log.warning("skipped: %s", exc)
-                    bad.append((clip, str(exc)))
-            bar.advance(task)
-    return stacks, bad
 
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -111,6 +87,8 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cache = cache or make_cache(cfg)
+    if cfg.model.kind == "frozen":
+        return _fit_frozen(cfg, table, out, progress, cache)
     s = cfg.sampling
     stacks, bad = load_stacks(list(table["clip"]), (s.pool, s.eval_frames), cache, progress)
     stacks = {c: apply_crop(st, cfg.data.crop, s.pool) for c, st in stacks.items()}
@@ -133,7 +111,7 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     last = out / "last.pt"
     cfg.save(out / "config.yaml")
     if resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = load_torch_file(last, "clip checkpoint")
         if ck.get("config") != cfg.to_dict() or ck.get("classes") != classes:
             raise CheckpointError(f"{last} was written with another config or classes; "
                                   "use a new run folder or --no-resume")
@@ -179,16 +157,46 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     return FitResult(out, classes, history, bad, seen / train_s if train_s else 0.0)
 
 
-def load_model(run: str | Path) -> tuple[ClipModel, ClipConfig, list[str]]:
-    """The final model of a run folder (or a model.pt file)."""
+def _fit_frozen(cfg: ClipConfig, table: pd.DataFrame, out: Path, progress: bool,
+                cache: FrameCache) -> FitResult:
+    """Features of every clip, one logistic regression per feature set (seconds on a CPU)."""
+    t0 = time.perf_counter()
+    feats, bad, _ = FrozenClipModel(cfg, []).extract(list(table["clip"]), cache, progress)
+    _write_skipped(out / "skipped.csv", bad)
+    ok = ~np.isnan(np.concatenate(list(feats.values()), 1)).any(1)
+    table = table[ok].reset_index(drop=True)
+    if table.empty:
+        raise DataFormatError("no training clip could be decoded (see skipped.csv)")
+    classes = sorted(table["label"].unique())
+    if len(classes) < 2:
+        raise DataFormatError(f"training clips have one class only ({classes[0]!r})")
+    y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    feats = {k: v[ok] for k, v in feats.items()}
+    model = FrozenClipModel(cfg, classes)
+    model.fit(feats, y)
+    dt = time.perf_counter() - t0
+    cfg.save(out / "config.yaml")
+    train_acc = float((model.proba(feats).argmax(1) == y).mean())
+    history = [{"epoch": 0, "train_acc": train_acc, "clips_per_s": len(table) / dt}]
+    pd.DataFrame(history).to_csv(out / "log.csv", index=False)
+    with atomic_path(out / "model.pt", ".pt") as tmp:
+        torch.save({"format": FORMAT, **model.checkpoint()}, tmp)
+    return FitResult(out, classes, history, bad, len(table) / dt)
+
+
+def load_model(run: str | Path) -> tuple[ClipModel | FrozenClipModel, ClipConfig, list[str]]:
+    """The final model of a run folder (or a model.pt file); read as data only, so a
+    crafted file cannot run code."""
     path = Path(run)
     path = path / "model.pt" if path.is_dir() else path
     if not path.is_file():
         raise CheckpointError(f"{path} not found; train first (facelab clips train)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_torch_file(path, "clip model")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a facelab clip model")
     cfg = build_dataclass(ClipConfig, ck["config"], str(path))
+    if ck.get("kind") == "frozen":
+        return FrozenClipModel.from_checkpoint(ck, cfg, path), cfg, list(ck["classes"])
     cfg.model.pretrained = ""  # the weights come from the checkpoint
     model = ClipModel(cfg.model, len(ck["classes"]))
     model.load_state_dict(ck["model"])
@@ -196,7 +204,7 @@ def load_model(run: str | Path) -> tuple[ClipModel, ClipConfig, list[str]]:
 
 
 @torch.no_grad()
-def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
+def predict_clips(model: ClipModel | FrozenClipModel, cfg: ClipConfig, clips: list[str],
                   cache: FrameCache | None = None, progress: bool = False,
                   batch_size: int = 16) -> tuple[np.ndarray, list[tuple[str, str]], float]:
     """Class probabilities (N, C) with NaN rows for clips that failed, the failures, and
@@ -204,6 +212,9 @@ def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cache = cache or make_cache(cfg)
+    if isinstance(model, FrozenClipModel):
+        feats, bad, speed = model.extract(clips, cache, progress)
+        return model.proba(feats), bad, speed
     k, pool = cfg.sampling.eval_frames, cfg.sampling.pool
     stacks, bad = load_stacks(clips, (k,) if cfg.data.crop == "none" else (k, pool), cache, progress)
     stacks = {c: apply_crop(st, cfg.data.crop, pool) for c, st in stacks.items()}
@@ -219,23 +230,27 @@ def predict_clips(model: ClipModel, cfg: ClipConfig, clips: list[str],
     return probs, bad, (len(ok) / dt if dt > 0 and ok else 0.0)
 
 
-def clip_scorer(model: ClipModel):
+def clip_scorer(model: ClipModel | FrozenClipModel):
     """uint8 frame stacks (B, k, H, W, 3) -> class probabilities (B, C), for
     facelab.clips.timeline.sliding_probs."""
+    if isinstance(model, FrozenClipModel):
+        model.check_windows()
+        return model.score_frames
     def score(frames: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return torch.softmax(model(_to_tensor(frames)), 1).numpy()
     return score
 
 
-def predict_timeline(model: ClipModel, cfg: ClipConfig, classes: list[str], clip: str | Path,
+def predict_timeline(model: ClipModel | FrozenClipModel, cfg: ClipConfig, classes: list[str], clip: str | Path,
                      det: DetectConfig, fps: float = 10.0) -> pd.DataFrame:
     """Sliding-window class probabilities over a (long) video; decoded at <= `fps` frames/s
     and scaled as the model was trained. Raises ImageDecodeError for a bad file."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    score = clip_scorer(model.eval())
     frames, times = decode_timed(clip, cfg.data.size, fps)
-    return sliding_probs(frames, times, clip_scorer(model.eval()), classes,
+    return sliding_probs(frames, times, score, classes,
                          cfg.sampling.eval_frames, det, cfg.data.crop, cfg.sampling.pool)
 
 

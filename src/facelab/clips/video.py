@@ -157,3 +157,31 @@ class FrameCache:
                         np.save(fh, stack)
                     os.replace(tmp, p)
         return out
+
+
+def progress_bar(enabled: bool):
+    """A transient rich progress bar (disabled: no output)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                    transient=True, disable=not enabled)
+
+
+def load_stacks(clips: list[str], ks: tuple[int, ...], cache: FrameCache,
+                progress: bool = False) -> tuple[dict[str, dict[int, np.ndarray]], list[tuple[str, str]]]:
+    """Frame stacks per clip for every k in `ks` (decoding each clip at most once), and the
+    (clip, reason) list of clips that could not be decoded."""
+    stacks: dict[str, dict[int, np.ndarray]] = {}
+    bad: list[tuple[str, str]] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("decode clips", total=len(clips))
+        for clip in clips:
+            if clip not in stacks and clip not in dict(bad):
+                try:
+                    stacks[clip] = cache.fill(clip, ks)
+                except ImageDecodeError as exc:
+                    log.warning("skipped: %s", exc)
+                    bad.append((clip, str(exc)))
+            bar.advance(task)
+    return stacks, bad

@@ -1,0 +1,197 @@
+"""Frozen-feature clip classifiers: no network is trained, so they train in seconds on a
+CPU and cannot memorise a room.
+
+`model.kind: frozen` describes each clip by one or more feature sets (`model.features`):
+- `appearance`: frozen ImageNet backbone features of the middle frame of the clip's
+  `sampling.eval_frames` frames (the issue's plain baseline);
+- `mhi`: the same backbone's features of the clip's motion image (facelab.clips.motion:
+  frame differences colour-coded by time; the room disappears);
+- `trajectory`: the silhouette trajectory's 11 numbers (facelab.clips.motion.FEATURES).
+One standardised logistic regression (C = `model.C`) is fitted per set; the model's
+probabilities are the mean of the sets' probabilities (late fusion: no set can drown the
+others by its dimension). The heads are stored as plain tensors, so model.pt loads with
+`weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facelab.clips.config import ClipConfig
+from facelab.clips.crop import apply_crop
+from facelab.clips.motion import clip_features, motion_image
+from facelab.clips.video import FrameCache, load_stacks, progress_bar
+from facelab.errors import ConfigError, DataFormatError, ImageDecodeError
+
+
+@dataclass
+class LinearHead:
+    """A standardised multinomial (or binary) logistic regression as plain arrays."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray       # (1, d) for two classes, (C, d) otherwise, as sklearn stores it
+    intercept: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, n_classes: int, c: float = 1.0) -> LinearHead:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        if len(np.unique(y)) != n_classes:
+            raise DataFormatError(f"training clips cover {len(np.unique(y))} of {n_classes} classes")
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+        return cls(scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32),
+                   clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32))
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:  # binary: sklearn keeps one row, the second class's
+            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return np.stack([1.0 - p1, p1], 1)
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.asarray(getattr(self, k))) for k in ("mean", "scale", "coef", "intercept")}
+
+    @classmethod
+    def from_state(cls, state: dict) -> LinearHead:
+        return cls(*(np.asarray(state[k], np.float32) for k in ("mean", "scale", "coef", "intercept")))
+
+
+def feature_sets(cfg: ClipConfig) -> list[str]:
+    """model.features as a list (validated by ClipConfig)."""
+    return [s.strip() for s in cfg.model.features.split(",") if s.strip()]
+
+
+class FrozenClipModel:
+    """Feature extraction plus one linear head per feature set (see the module docstring).
+
+    Example:
+        >>> from facelab.clips.config import load_clip_config
+        >>> cfg = load_clip_config(None, ["model.kind=frozen", "model.features=trajectory"])
+        >>> m = FrozenClipModel(cfg, ["adl", "fall"]); m.n_classes
+        2
+    """
+
+    kind = "frozen"
+
+    def __init__(self, cfg: ClipConfig, classes: list[str], heads: dict[str, LinearHead] | None = None):
+        self.cfg, self.classes, self.sets = cfg, list(classes), feature_sets(cfg)
+        self.heads = heads or {}
+        self._backbone = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def eval(self) -> FrozenClipModel:  # the torch models' interface
+        return self
+
+    def backbone(self):
+        if self._backbone is None:
+            from facelab.models.backbone import create_backbone
+
+            pretrained = self.cfg.model.pretrained or "imagenet"
+            self._backbone = create_backbone(self.cfg.model.backbone, pretrained).eval()
+            self._backbone.to(memory_format=torch.channels_last)
+        return self._backbone
+
+    @torch.no_grad()
+    def image_features(self, stacks: np.ndarray) -> dict[str, np.ndarray]:
+        """Backbone features of uint8 frame stacks (B, k, H, W, 3): `appearance` (the middle
+        frame) and `mhi` (the motion image), as the model's sets ask."""
+        out: dict[str, np.ndarray] = {}
+        wanted = [s for s in self.sets if s in ("appearance", "mhi")]
+        if not wanted:
+            return out
+        bb = self.backbone()
+        mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
+        std = torch.tensor(bb.std).view(1, 3, 1, 1)
+        for name in wanted:
+            if name == "appearance":
+                imgs = stacks[:, stacks.shape[1] // 2].astype(np.float32) / 255.0
+            else:
+                imgs = np.stack([motion_image(s) for s in stacks])
+            x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2)
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            out[name] = bb(x).numpy()
+        return out
+
+    def extract(self, clips: list[str], cache: FrameCache, progress: bool = False,
+                batch: int = 16) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], float]:
+        """Features per set (N, d) with NaN rows for clips that failed, the failures
+        (clip, reason), and clips/s of the extraction on decoded frames."""
+        k, pool = self.cfg.sampling.eval_frames, self.cfg.sampling.pool
+        ks = (k,) if self.cfg.data.crop == "none" else (k, pool)
+        stacks, bad = load_stacks(clips, ks, cache, progress)
+        feats: dict[str, list] = {s: [None] * len(clips) for s in self.sets}
+        failed = dict(bad)
+        t0 = time.perf_counter()
+        if "trajectory" in self.sets:
+            with progress_bar(progress) as bar:
+                task = bar.add_task("trajectories", total=len(clips))
+                for i, clip in enumerate(clips):
+                    if clip in stacks:
+                        try:
+                            feats["trajectory"][i] = clip_features(
+                                clip, cache_dir=cache.root.parent / "clip_motion", use_cache=cache.enabled)
+                        except ImageDecodeError as exc:
+                            failed[clip] = str(exc)
+                            bad.append((clip, str(exc)))
+                    bar.advance(task)
+        ok = [i for i, c in enumerate(clips) if c in stacks and c not in failed]
+        for j in range(0, len(ok), batch):
+            idx = ok[j:j + batch]
+            st = np.stack([apply_crop(stacks[clips[i]], self.cfg.data.crop, pool)[k] for i in idx])
+            for name, f in self.image_features(st).items():
+                for i, row in zip(idx, f):
+                    feats[name][i] = row
+        speed = len(ok) / (time.perf_counter() - t0) if ok else 0.0
+        out = {}
+        for name, rows in feats.items():
+            d = next((len(r) for r in rows if r is not None), 1)
+            out[name] = np.stack([r if r is not None else np.full(d, np.nan, np.float32) for r in rows])
+        return out, bad, speed
+
+    def fit(self, feats: dict[str, np.ndarray], y: np.ndarray) -> None:
+        self.heads = {s: LinearHead.fit(feats[s], y, self.n_classes, self.cfg.model.C) for s in self.sets}
+
+    def proba(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean of the sets' probabilities (N, C); NaN rows stay NaN."""
+        return np.mean([self.heads[s].proba(feats[s]) for s in self.sets], axis=0).astype(np.float32)
+
+    def check_windows(self) -> None:
+        """Raise ConfigError unless the model can score frame windows: the trajectory set
+        needs the whole clip's own decode."""
+        if "trajectory" in self.sets:
+            raise ConfigError("a frozen model with the trajectory feature set scores whole clips "
+                              "only; train one with model.features=mhi[,appearance] for --timeline")
+
+    def score_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (B, k, H, W, 3) -> probabilities (B, C), for sliding windows."""
+        self.check_windows()
+        return self.proba(self.image_features(frames))
+
+    def checkpoint(self) -> dict:
+        return {"kind": self.kind, "classes": self.classes, "config": self.cfg.to_dict(),
+                "heads": {s: h.state() for s, h in self.heads.items()}}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict, cfg: ClipConfig, where: str | Path) -> FrozenClipModel:
+        heads = ck.get("heads")
+        if not isinstance(heads, dict):
+            raise DataFormatError(f"{where}: a frozen clip model without heads")
+        model = cls(cfg, ck["classes"], {s: LinearHead.from_state(h) for s, h in heads.items()})
+        if set(model.heads) != set(model.sets):
+            raise DataFormatError(f"{where}: heads {sorted(model.heads)} do not match "
+                                  f"model.features {model.sets}")
+        return model

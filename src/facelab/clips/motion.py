@@ -1,0 +1,231 @@
+"""Motion cues that do not depend on the room: a clip's motion image and its silhouette
+trajectory.
+
+Motion image (`motion_image`): the frame differences of a clip's sampled frames, scaled by
+their 99.5th percentile, with the largest difference of the first, middle and last third
+of the clip as red, green and blue. The static room disappears; what is left is the moving
+body's shape, colour-coded by time (a motion history image). Frozen ImageNet features of it
+transfer across cameras far better than features of the frames themselves.
+
+Silhouette trajectories: a handful of camera-independent numbers per clip.
+
+A fall is a shape change over time: the moving body's box goes from tall to wide, its top
+and centre drop by a large share of the person's height within about a second, and then
+little moves. Those quantities do not depend on the room, the camera's resolution, frame
+rate or distance, which is what a whole-frame CNN learns instead (cross-dataset transfer
+was near chance for every CNN method in benchmarks/clips.py). No person detector is
+needed: a fixed camera's background is the per-pixel median of the clip.
+
+Per frame (greyscale, decoded at <= `fps` frames per second, height `height`, aspect kept):
+the foreground is the pixels far from the background (opened to drop speckle); its box is
+the 5-95% percentiles of their coordinates. Per clip, with every length divided by the
+person's height (the 90th percentile of the box height over the clip) and times in
+seconds, `trajectory_features` gives FEATURES (see there). All settings were fixed before
+any real-data result was seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from facelab.errors import ImageDecodeError
+from facelab.io.atomic import atomic_path
+from facelab.paths import cache_root
+
+CACHE_VERSION = 1
+FEATURES = (
+    "drop_centre_1s",    # largest downward move of the box centre within 1 s
+    "drop_centre_0.5s",  # the same within 0.5 s (speed: sitting down is slower)
+    "drop_top_1s",       # largest downward move of the box top within 1 s
+    "centre_end_minus_start",
+    "top_end_minus_start",
+    "aspect_end_minus_start",  # box width/height, mean of the last vs first quarter
+    "aspect_range",
+    "height_min_over_max",
+    "lying_share",       # share of time with the box wider than tall
+    "motion_burst",      # peak frame-difference energy over its median
+    "still_after_drop",  # frame-difference energy in the 1 s after the largest drop, / peak
+)
+
+
+def motion_image(frames: np.ndarray) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1] from uint8 frames (T, H, W, 3), T >= 2: the colour-coded
+    motion of the first / middle / last third of the clip (all black when nothing moves).
+
+    Example:
+        >>> f = np.zeros((4, 8, 8, 3), np.uint8); f[3, 2:4, 2:4] = 255  # a late change
+        >>> m = motion_image(f); round(float(m[2, 2, 2]), 3), float(m[2, 2, 0])
+        (1.0, 0.0)
+    """
+    if len(frames) < 2:
+        return np.zeros(frames.shape[1:3] + (3,), np.float32)
+    grey = frames.astype(np.float32).mean(-1)
+    diff = np.abs(np.diff(grey, axis=0))
+    diff = np.clip(diff / (np.percentile(diff, 99.5) + 1e-3), 0.0, 1.0)
+    thirds = [part.max(0) if len(part) else np.zeros_like(diff[0]) for part in np.array_split(diff, 3)]
+    return np.stack(thirds, -1).astype(np.float32)
+
+
+def decode_grey(path: str | Path, height: int = 120, fps: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Greyscale frames (n, height, width) uint8 with the source aspect kept, at most `fps`
+    per second, and their times in seconds. Raises ImageDecodeError as
+    facelab.clips.video.decode_timed does."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"clip {path} not found")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot open clip {path}: {exc}") from exc
+    frames, times = [], []
+    decoded, next_t = 0, -np.inf
+    with container:
+        if not container.streams.video:
+            raise ImageDecodeError(f"clip {path} has no video stream (audio-only?)")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ImageDecodeError(f"clip {path}: its video codec is unknown to FFmpeg; re-encode it")
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else decoded / rate
+                decoded += 1
+                if t < next_t:
+                    continue
+                next_t = t + 1.0 / fps - 1e-6
+                width = max(2, round(height * frame.width / max(frame.height, 1)))
+                frames.append(frame.to_ndarray(width=width, height=height, format="gray"))
+                times.append(t)
+        except (av.FFmpegError, ValueError) as exc:
+            raise ImageDecodeError(f"clip {path} is corrupt or truncated after {decoded} frames: {exc}") from exc
+    if not frames:
+        raise ImageDecodeError(f"clip {path} has zero decodable frames")
+    return np.stack(frames), np.asarray(times) - times[0]
+
+
+def silhouette_track(grey: np.ndarray, threshold: int = 25, min_share: float = 0.002) -> dict[str, np.ndarray]:
+    """Per-frame foreground box of uint8 (T, H, W) frames, lengths in frame heights:
+    top, bottom, centre (y), width, height, and `energy` (share of pixels that changed since
+    the previous frame). Frames with too little foreground are NaN.
+
+    Example:
+        >>> g = np.zeros((3, 50, 50), np.uint8)
+        >>> for t in range(3): g[t, 10:40, 5 + 10 * t:15 + 10 * t] = 200
+        >>> tr = silhouette_track(g); round(float(tr["height"][0]), 2)  # a 30 px block in 50 px
+        0.6
+    """
+    from scipy.ndimage import binary_opening, uniform_filter
+
+    t, h, w = grey.shape
+    smooth = np.stack([uniform_filter(f.astype(np.float32), 3) for f in grey])
+    background = np.median(smooth, axis=0)
+    out = {k: np.full(t, np.nan) for k in ("top", "bottom", "centre", "width", "height")}
+    energy = np.zeros(t)
+    energy[1:] = (np.abs(np.diff(smooth, axis=0)) > threshold / 2).mean(axis=(1, 2))
+    for i in range(t):
+        fg = binary_opening(np.abs(smooth[i] - background) > threshold, np.ones((3, 3), bool))
+        ys, xs = np.nonzero(fg)
+        if len(ys) < min_share * h * w:
+            continue
+        y0, y1 = np.percentile(ys, [5, 95])
+        x0, x1 = np.percentile(xs, [5, 95])
+        out["top"][i], out["bottom"][i] = y0 / h, (y1 + 1) / h
+        out["centre"][i] = ys.mean() / h
+        out["width"][i], out["height"][i] = (x1 + 1 - x0) / h, (y1 + 1 - y0) / h
+    out["energy"] = energy
+    return out
+
+
+def _fill(x: np.ndarray) -> np.ndarray:
+    """NaNs replaced by the nearest valid value (linear in between); all-NaN gives zeros."""
+    ok = np.isfinite(x)
+    if not ok.any():
+        return np.zeros_like(x)
+    idx = np.arange(len(x))
+    return np.interp(idx, idx[ok], x[ok])
+
+
+def _median3(x: np.ndarray) -> np.ndarray:
+    if len(x) < 3:
+        return x
+    padded = np.concatenate([x[:1], x, x[-1:]])
+    return np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+
+
+def _max_drop(x: np.ndarray, lag: int) -> tuple[float, int]:
+    """Largest x[t + lag] - x[t] (downward in image coordinates) and the t + lag it ends at."""
+    lag = max(1, min(lag, len(x) - 1))
+    if len(x) < 2:
+        return 0.0, 0
+    d = x[lag:] - x[:-lag]
+    i = int(np.argmax(d))
+    return float(d[i]), i + lag
+
+
+def trajectory_features(track: dict[str, np.ndarray], times: np.ndarray) -> np.ndarray:
+    """FEATURES of one clip's silhouette track (float32, len(FEATURES))."""
+    n = len(times)
+    dt = float(np.median(np.diff(times))) if n > 1 else 0.1
+    per_s = max(1, round(1.0 / max(dt, 1e-3)))
+    valid = np.isfinite(track["height"])
+    if valid.sum() < 2:
+        return np.zeros(len(FEATURES), np.float32)
+    scale = max(float(np.percentile(track["height"][valid], 90)), 0.05)
+    top = _median3(_fill(track["top"])) / scale
+    centre = _median3(_fill(track["centre"])) / scale
+    height = _median3(_fill(track["height"]))
+    aspect = _median3(_fill(track["width"]) / np.maximum(_fill(track["height"]), 1e-3))
+    q = max(1, n // 4)
+    drop_c1, end = _max_drop(centre, per_s)
+    drop_c05, _ = _max_drop(centre, max(1, per_s // 2))
+    drop_t1, _ = _max_drop(top, per_s)
+    energy = track["energy"]
+    peak = float(energy.max()) or 1e-6
+    after = energy[end:end + per_s]
+    feats = [
+        drop_c1, drop_c05, drop_t1,
+        centre[-q:].mean() - centre[:q].mean(),
+        top[-q:].mean() - top[:q].mean(),
+        aspect[-q:].mean() - aspect[:q].mean(),
+        float(aspect.max() - aspect.min()),
+        float(height.min() / max(height.max(), 1e-3)),
+        float((aspect > 1).mean()),
+        peak / max(float(np.median(energy[1:])) if n > 1 else peak, 1e-4),
+        (float(after.mean()) if len(after) else 0.0) / peak,
+    ]
+    return np.nan_to_num(np.asarray(feats, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _key(path: Path, height: int, fps: float) -> str:
+    st = path.stat()
+    ident = f"motion-v{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{height}|{fps}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+def clip_features(path: str | Path, height: int = 120, fps: float = 10.0,
+                  cache_dir: str | Path | None = None, use_cache: bool = True) -> np.ndarray:
+    """FEATURES of a clip, cached on disk (keyed by the clip's path, size, mtime and the
+    decode settings; written atomically). Raises ImageDecodeError for a bad clip."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"clip {path} not found")
+    if not use_cache:
+        grey, times = decode_grey(path, height, fps)
+        return trajectory_features(silhouette_track(grey), times)
+    root = Path(cache_dir) if cache_dir else cache_root() / "clip_motion"
+    entry = root / f"{_key(path, height, fps)}.npy"
+    if entry.is_file():
+        try:
+            return np.load(entry)
+        except (OSError, ValueError):
+            pass  # damaged entry: compute again
+    grey, times = decode_grey(path, height, fps)
+    feats = trajectory_features(silhouette_track(grey), times)
+    with atomic_path(entry, ".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, feats)
+    return feats
