@@ -22,7 +22,16 @@ these folds):
 - each fine-tuned model without and with rotation augmentation (+-30 degrees), at each of
   --sizes (whole frames scaled to size x size);
 - levers for the cross-dataset parts (--levers): `+mcrop`, frames cut to the square around
-  what moves in the clip (facelab.clips.crop; a person-centred crop with no detector).
+  what moves in the clip (facelab.clips.crop; a person-centred crop with no detector);
+- frozen-* (`model.kind: frozen`, facelab.clips.frozen; no network trained): standardised
+  logistic regression (C=1) per feature set, probabilities averaged over sets. Sets:
+  `mhi`, frozen MobileNetV2 features of the clip's motion image (16 uniform frames,
+  differences colour-coded by third of the clip); `traj`, the moving silhouette's
+  trajectory (11 numbers, facelab.clips.motion.FEATURES; decoded at 10 fps, 120 px high,
+  whatever --sizes says); `app`, features of the middle of the 16 frames. frozen-mhi-traj
+  is configs/clips_motion.yaml. These were designed after the rows above had shown that
+  whole-frame models do not transfer across data sets; their settings were fixed before
+  their first run on these clips and every variant run is a row here (none dropped).
 Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, cosine,
 6 epochs (2D) / 3 (i3d, 3D), batch 16, horizontal flip; seed 0.
 Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
@@ -60,23 +69,28 @@ from facelab.clips.config import load_clip_config
 from facelab.clips.crop import apply_crop
 from facelab.clips.dataset import load_clips
 from facelab.clips.engine import fit, load_model, load_stacks, predict_clips
+from facelab.clips.frozen import FrozenClipModel
+from facelab.clips.motion import decode_grey, silhouette_track, trajectory_features
 from facelab.clips.folds import assign_folds, bootstrap, present_macro_f1
 from facelab.clips.video import FrameCache
 from facelab.models.backbone import create_backbone
 from facelab.paths import missing_data
 
 ROTATE = 30.0
-BASES = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-k8", "i3d-k8", "3d-r3d")
+FROZEN = {"frozen-mhi": "mhi", "frozen-traj": "trajectory", "frozen-mhi-traj": "mhi,trajectory",
+          "frozen-app-mhi-traj": "appearance,mhi,trajectory"}
+BASES = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-k8", "i3d-k8", "3d-r3d", *FROZEN)
 # a method is a base plus optional switches: +rot (rotation +-30 degrees), +mcrop (motion crop)
 METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot",
-           "i3d-k8", "i3d-k8+rot", "3d-r3d", "3d-r3d+rot")
+           "i3d-k8", "i3d-k8+rot", "3d-r3d", "3d-r3d+rot", *FROZEN)
 LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+mcrop")
 
 
 def parse_method(method: str) -> tuple[str, set[str]]:
     base, *flags = method.split("+")
-    if base not in BASES or not set(flags) <= {"rot", "mcrop"}:
-        raise SystemExit(f"unknown method {method!r}: a base of {BASES} with +rot / +mcrop")
+    if base not in BASES or not set(flags) <= {"rot", "mcrop"} or (base in FROZEN and flags):
+        raise SystemExit(f"unknown method {method!r}: a base of {BASES} with +rot / +mcrop "
+                         "(frozen-* take no switches)")
     return base, set(flags)
 
 
@@ -116,6 +130,55 @@ class Features:
         self.frames_per_s = 9 * len(stacks) * len(self.sets) / (time.perf_counter() - t0)
 
 
+def frozen_cfg(sets: str, size: int):
+    return load_clip_config(None, [f"data.size={size}", "model.kind=frozen", f"model.features={sets}",
+                                   "model.C=1.0", "sampling.pool=16", "sampling.eval_frames=16",
+                                   "seed=0", "threads=1"])
+
+
+class FrozenFeatures:
+    """Every frozen feature set of every clip, once per size, and each set's extraction
+    speed (clips/s on decoded frames; for `trajectory`, on frames decoded at 10 fps)."""
+
+    def __init__(self, clips: list[str], size: int, cache: FrameCache):
+        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory", size), [])
+        feats, bad, _ = model.extract(clips, cache)
+        if bad:
+            raise SystemExit(f"clips failed: {bad}")
+        self.row = {c: i for i, c in enumerate(clips)}
+        self.feats = feats
+        self.speed = {}
+        stacks, _ = load_stacks(clips[:32], (16,), cache)
+        batch = np.stack([stacks[c][16] for c in clips[:32]])
+        for name in ("appearance", "mhi"):
+            m = FrozenClipModel(frozen_cfg(name, size), [])
+            m.image_features(batch[:2])  # warm-up (weights loaded, kernels chosen)
+            t0 = time.perf_counter()
+            m.image_features(batch)
+            self.speed[name] = len(batch) / (time.perf_counter() - t0)
+        spent = 0.0
+        for c in clips[:32]:
+            grey, times = decode_grey(c)
+            t0 = time.perf_counter()
+            trajectory_features(silhouette_track(grey), times)
+            spent += time.perf_counter() - t0
+        self.speed["trajectory"] = 32 / spent
+
+
+def run_frozen(method, ff: FrozenFeatures, size, train, test, classes):
+    sets = FROZEN[method].split(",")
+    model = FrozenClipModel(frozen_cfg(FROZEN[method], size), classes)
+    tr = [ff.row[c] for c in train["clip"]]
+    te = [ff.row[c] for c in test["clip"]]
+    y = train["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    t0 = time.perf_counter()
+    model.fit({s: ff.feats[s][tr] for s in sets}, y)
+    fit_s = time.perf_counter() - t0
+    per_clip = sum(1 / ff.speed[s] for s in sets)
+    return (model.proba({s: ff.feats[s][te] for s in sets}),
+            len(train) / (len(train) * per_clip + fit_s), 1 / per_clip)
+
+
 def run_baseline(method, feats, train, test, classes):
     base, flags = parse_method(method)
     mid, mean8 = feats.sets["motion" if "mcrop" in flags else "none"]
@@ -152,7 +215,8 @@ def _speed(v: float) -> str:
     return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
 
 
-def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_folds=None):
+def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_folds=None,
+             frozen=None):
     """Out-of-fold predictions of every method on the same folds (scored on `test_folds`,
     default all); one table row each."""
     test_folds = sorted(set(folds)) if test_folds is None else test_folds
@@ -169,6 +233,8 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
             tr, te = table[folds != f], table[folds == f]
             if method.startswith("baseline"):
                 p, a, b = run_baseline(method, feats, tr, te, classes)
+            elif method in FROZEN:
+                p, a, b = run_frozen(method, frozen, size, tr, te, classes)
             else:
                 p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
             probs[np.flatnonzero(folds == f)] = p
@@ -243,22 +309,24 @@ def main() -> None:
         print(f"{size} px frames: {len(stacks)} clips ready in {time.perf_counter() - t0:.1f} s "
               f"({cache.decoded - before} decoded now, the rest from the cache), {len(bad)} failed")
         feats = Features(stacks, mcrop=bool(args.levers) and "cross" in args.parts)
+        frozen = (FrozenFeatures(list(both["clip"]), size, cache)
+                  if any(m in FROZEN for m in args.methods + args.levers) else None)
         if "binary" in args.parts:
             evaluate("fall vs ADL, GMDCSA24 + UP-Fall, 4 grouped folds (93 clips)", both,
                      assign_folds(both, 4), chosen("binary", size, args.methods), args, size,
-                     feats, cache, lines)
+                     feats, cache, lines, frozen=frozen)
         if "activity" in args.parts:
             up = load_clips("up-fall", task="activity")
             evaluate("UP-Fall 11 activities, 3 grouped folds by event (67 clips)", up,
                      assign_folds(up, 3), chosen("activity", size, args.methods), args, size,
-                     feats, cache, lines)
+                     feats, cache, lines, frozen=frozen)
         if "cross" in args.parts:
             for src, dst in (("gmdcsa24", "up-fall"), ("up-fall", "gmdcsa24")):
                 part = both[both["dataset"].isin([src, dst])].reset_index(drop=True)
                 folds = (part["dataset"] == dst).astype(int).to_numpy()  # 1: the test set
                 evaluate(f"cross-dataset fall vs ADL: train {src}, test {dst}", part, folds,
                          chosen("cross", size, args.methods + args.levers), args, size, feats,
-                         cache, lines, test_folds=[1])
+                         cache, lines, test_folds=[1], frozen=frozen)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     print("\n".join(lines))
     if skipped:

@@ -351,3 +351,78 @@ def test_cli_train_cv_evaluate_predict(clip_set, tmp_path, cache_env):
     assert p["predicted"].iloc[8] == "" and "cannot open" in p["error"].iloc[8]
     assert "skipped" in r.output
     assert any(cache_env.rglob("*.npy"))  # the default cache lives under FACELAB_CACHE
+
+
+def test_trajectory_features_tell_a_drop_from_a_walk(tmp_path):
+    from facelab.clips.motion import FEATURES, clip_features
+
+    # 64 px: the square is still for only 3 of 20 frames (a body lying still for most of
+    # a clip joins the median background: the trajectory's known weakness)
+    fall = clip_features(write_clip(tmp_path / "f.mp4", "fall", n=20, size=64), height=64,
+                         cache_dir=tmp_path / "m")
+    walk = clip_features(write_clip(tmp_path / "w.mp4", "adl", n=20, size=64), height=64,
+                         cache_dir=tmp_path / "m")
+    assert fall.shape == (len(FEATURES),) and np.isfinite(fall).all()
+    drop = FEATURES.index("drop_top_1s")
+    assert fall[drop] > 1.0 > 0.3 > abs(walk[drop])  # falls by > its own height in 1 s
+    assert len(list((tmp_path / "m").glob("*.npy"))) == 2  # cached
+    np.testing.assert_array_equal(clip_features(tmp_path / "f.mp4", height=64, cache_dir=tmp_path / "m"), fall)
+    with pytest.raises(ImageDecodeError):
+        clip_features(tmp_path / "missing.mp4", cache_dir=tmp_path / "m")
+
+
+def test_linear_head_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from facelab.clips.frozen import LinearHead
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)) * [1, 10, 0.1, 3, 1]
+    for n_classes in (2, 3):
+        y = np.arange(60) % n_classes
+        head = LinearHead.fit(x, y, n_classes, c=0.5)
+        ref = LogisticRegression(C=0.5, max_iter=3000).fit(StandardScaler().fit_transform(x), y)
+        want = ref.predict_proba(StandardScaler().fit(x).transform(x))
+        np.testing.assert_allclose(head.proba(x), want, atol=1e-4)
+        back = LinearHead.from_state(head.state())
+        np.testing.assert_allclose(back.proba(x), head.proba(x), atol=1e-6)
+
+
+class _Payload:
+    pass
+
+
+def test_frozen_model_trains_predicts_and_loads_as_data(clip_set, tmp_path, cache_env):
+    from facelab.clips.engine import clip_scorer, predict_timeline
+    from facelab.clips.timeline import DetectConfig
+    from facelab.errors import CheckpointError
+
+    table = from_csv(clip_set / "labels.csv")
+    cfg = load_clip_config(None, ["data.size=32", "model.kind=frozen",
+                                  "model.features=mhi,trajectory", "sampling.eval_frames=8",
+                                  "sampling.pool=8"])
+    res = fit(cfg, table, tmp_path / "run")
+    assert res.classes == ["adl", "fall"] and (tmp_path / "run" / "model.pt").is_file()
+    model, cfg2, classes = load_model(tmp_path / "run")
+    assert model.kind == "frozen" and classes == ["adl", "fall"] and set(model.heads) == {"mhi", "trajectory"}
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    clips = list(table["clip"]) + [str(bad)]
+    probs, failed, _ = predict_clips(model, cfg2, clips)
+    assert np.isnan(probs[-1]).all() and failed[0][0] == str(bad)
+    assert (probs[:-1].argmax(1) == (table["label"] == "fall").to_numpy()).mean() >= 0.75
+    with pytest.raises(ConfigError, match="whole clips"):  # trajectory needs the whole clip
+        clip_scorer(model)
+    # an mhi-only model scores sliding windows
+    fit(load_clip_config(None, ["data.size=32", "model.kind=frozen", "model.features=mhi",
+                                "sampling.eval_frames=4", "sampling.pool=8"]), table, tmp_path / "mhi")
+    m2, c2, cl2 = load_model(tmp_path / "mhi")
+    tl = predict_timeline(m2, c2, cl2, table["clip"][0], DetectConfig(window=1.0, hop=0.5))
+    assert len(tl) >= 2 and np.allclose(tl[["p_adl", "p_fall"]].sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(ConfigError):
+        load_clip_config(None, ["model.kind=frozen", "model.features=mhi,colour"])
+    # a pickled object other than tensors and plain data: refused, never run
+    torch.save({"format": "facelab-clips-1", "x": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model(tmp_path / "evil.pt")
