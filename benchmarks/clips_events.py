@@ -16,7 +16,9 @@ Protocol (fixed before any result was seen):
   clips and the standing/walking parts of fall clips).
 Methods: baseline-mid (frozen ImageNet MobileNetV2 features of the window's middle frame +
 logistic regression, C=1), 2d-1f (MobileNetV2 fine-tuned on one random frame per clip, as in
-benchmarks/clips.py), optionally 2d-k8 (8 frames per window).
+benchmarks/clips.py), optionally 2d-k8 (8 frames per window) and frozen-mhi (frozen MobileNetV2
+features of the motion image of 16 frames + logistic regression, facelab.clips.frozen; trained
+on whole clips, applied to each window's 16 frames; the trajectory set needs whole clips).
 Intervals: recall 95% Wilson; false alarms per minute 95% exact Poisson (Garwood).
 
     FACELAB_DATA=../shared/data .venv/bin/python benchmarks/clips_events.py [--methods ...]
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np
 import pandas as pd
 import torch
-from clips import Features, finetune_cfg, setup
+from clips import Features, finetune_cfg, frozen_cfg, setup
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -100,6 +102,20 @@ def finetuned(method: str, cache: FrameCache, args):
     return train
 
 
+def frozen(sets: str, cache: FrameCache):
+    def train(table: pd.DataFrame):
+        cfg = frozen_cfg(sets, SIZE)
+        tmp = Path(tempfile.mkdtemp(prefix="clipevents_"))
+        try:
+            res = fit(cfg, table, tmp, resume=False, cache=cache)
+            assert res.classes == CLASSES, res.classes
+            model, _, _ = load_model(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return clip_scorer(model), cfg.sampling.eval_frames
+    return train
+
+
 def timelines(score, k, clips, videos) -> dict[str, pd.DataFrame]:
     return {c: sliding_probs(*videos[c], score, CLASSES, k, WINDOW) for c in clips}
 
@@ -144,7 +160,7 @@ def poisson_rate(k: int, minutes: float) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=["baseline-mid", "2d-1f"],
-                    choices=["baseline-mid", "2d-1f", "2d-k8"])
+                    choices=["baseline-mid", "2d-1f", "2d-k8", "frozen-mhi"])
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--epochs3d", type=int, default=3)
     args = ap.parse_args()
@@ -170,7 +186,8 @@ def main() -> None:
               "false alarms / min outside falls [95% CI] | per-subject recall; FA/min | "
               "chosen threshold, min duration per subject |"), "|---|---|---|---|---|---|---|"]
     for method in args.methods:
-        trainer = Baseline(feats).train if method == "baseline-mid" else finetuned(method, cache, args)
+        trainer = (Baseline(feats).train if method == "baseline-mid" else
+                   frozen("mhi", cache) if method == "frozen-mhi" else finetuned(method, cache, args))
         per_subject, chosen = [], []
         t0 = time.perf_counter()
         for s in subjects:
