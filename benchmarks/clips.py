@@ -31,7 +31,9 @@ these folds):
   whatever --sizes says); `app`, features of the middle of the 16 frames. frozen-mhi-traj
   is configs/clips_motion.yaml. These were designed after the rows above had shown that
   whole-frame models do not transfer across data sets; their settings were fixed before
-  their first run on these clips and every variant run is a row here (none dropped).
+  their first run on these clips and every variant run is a row here (none dropped);
+  `+mcrop` cuts the frames to the motion box first (the motion image then shows the body
+  at a similar scale in every room; the trajectory is unchanged).
 Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, cosine,
 6 epochs (2D) / 3 (i3d, 3D), batch 16, horizontal flip; seed 0.
 Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
@@ -88,9 +90,9 @@ LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+m
 
 def parse_method(method: str) -> tuple[str, set[str]]:
     base, *flags = method.split("+")
-    if base not in BASES or not set(flags) <= {"rot", "mcrop"} or (base in FROZEN and flags):
+    if base not in BASES or not set(flags) <= {"rot", "mcrop"} or (base in FROZEN and "rot" in flags):
         raise SystemExit(f"unknown method {method!r}: a base of {BASES} with +rot / +mcrop "
-                         "(frozen-* take no switches)")
+                         "(frozen-* take +mcrop only)")
     return base, set(flags)
 
 
@@ -130,8 +132,9 @@ class Features:
         self.frames_per_s = 9 * len(stacks) * len(self.sets) / (time.perf_counter() - t0)
 
 
-def frozen_cfg(sets: str, size: int):
-    return load_clip_config(None, [f"data.size={size}", "model.kind=frozen", f"model.features={sets}",
+def frozen_cfg(sets: str, size: int, crop: str = "none"):
+    return load_clip_config(None, [f"data.size={size}", f"data.crop={crop}", "model.kind=frozen",
+                                   f"model.features={sets}",
                                    "model.C=1.0", "sampling.pool=16", "sampling.eval_frames=16",
                                    "seed=0", "threads=1"])
 
@@ -140,8 +143,8 @@ class FrozenFeatures:
     """Every frozen feature set of every clip, once per size, and each set's extraction
     speed (clips/s on decoded frames; for `trajectory`, on frames decoded at 10 fps)."""
 
-    def __init__(self, clips: list[str], size: int, cache: FrameCache):
-        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory", size), [])
+    def __init__(self, clips: list[str], size: int, cache: FrameCache, crop: str = "none"):
+        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory", size, crop), [])
         feats, bad, _ = model.extract(clips, cache)
         if bad:
             raise SystemExit(f"clips failed: {bad}")
@@ -165,9 +168,12 @@ class FrozenFeatures:
         self.speed["trajectory"] = 32 / spent
 
 
-def run_frozen(method, ff: FrozenFeatures, size, train, test, classes):
-    sets = FROZEN[method].split(",")
-    model = FrozenClipModel(frozen_cfg(FROZEN[method], size), classes)
+def run_frozen(method, frozen: dict, size, train, test, classes):
+    base, flags = parse_method(method)
+    crop = "motion" if "mcrop" in flags else "none"
+    ff = frozen[crop]
+    sets = FROZEN[base].split(",")
+    model = FrozenClipModel(frozen_cfg(FROZEN[base], size, crop), classes)
     tr = [ff.row[c] for c in train["clip"]]
     te = [ff.row[c] for c in test["clip"]]
     y = train["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -233,7 +239,7 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
             tr, te = table[folds != f], table[folds == f]
             if method.startswith("baseline"):
                 p, a, b = run_baseline(method, feats, tr, te, classes)
-            elif method in FROZEN:
+            elif parse_method(method)[0] in FROZEN:
                 p, a, b = run_frozen(method, frozen, size, tr, te, classes)
             else:
                 p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
@@ -309,8 +315,10 @@ def main() -> None:
         print(f"{size} px frames: {len(stacks)} clips ready in {time.perf_counter() - t0:.1f} s "
               f"({cache.decoded - before} decoded now, the rest from the cache), {len(bad)} failed")
         feats = Features(stacks, mcrop=bool(args.levers) and "cross" in args.parts)
-        frozen = (FrozenFeatures(list(both["clip"]), size, cache)
-                  if any(m in FROZEN for m in args.methods + args.levers) else None)
+        wanted = [parse_method(m) for m in args.methods + args.levers]
+        frozen = {crop: FrozenFeatures(list(both["clip"]), size, cache, crop)
+                  for crop, flag in (("none", False), ("motion", True))
+                  if any(b in FROZEN and ("mcrop" in f) == flag for b, f in wanted)}
         if "binary" in args.parts:
             evaluate("fall vs ADL, GMDCSA24 + UP-Fall, 4 grouped folds (93 clips)", both,
                      assign_folds(both, 4), chosen("binary", size, args.methods), args, size,
