@@ -47,7 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from facelab.clips.engine import clip_scorer, fit, load_model, load_stacks
+from facelab.clips.engine import clip_scorer, fit, load_model
 from facelab.clips.timeline import (
     DetectConfig,
     detect_intervals,
@@ -56,7 +56,7 @@ from facelab.clips.timeline import (
     sliding_probs,
     summarize,
 )
-from facelab.clips.video import FrameCache, decode_timed
+from facelab.clips.video import FrameCache, decode_timed, load_stacks
 from facelab.models.backbone import create_backbone
 
 SIZE, FPS = 112, 10.0

@@ -28,6 +28,9 @@ Configs (a priori, chosen from the evidence in issue 14, not tuned on these figu
   or gets a rendered correct/incorrect mask, seeded), so the mask head also learns on
   close-up faces of UTKFace's framing and gender/age are learned on masked faces too.
 - ``plain``: benchmarks/plain_baseline.py's recipe.
+- one lever at a time (the candidate changes three things at once): ``unfrozen`` is the main
+  job with every layer trained (``model.freeze=0``, still 8 epochs, photos); ``masked`` is
+  the main job (4 blocks frozen, 8 epochs) on UTKFace's masked copy.
 
 Splits: the face-mask crops keep the main job's person-level split (train/val train,
 test scores). UTKFace rows are split by position (the same faces in the photo and the
@@ -71,7 +74,7 @@ from plain_baseline import PLAIN  # noqa: E402
 RACES = ("white", "black", "asian", "indian", "others")
 MASK_SRC, UTK_SRC, MASKED_SRC, RMFD_SRC = "face-mask-detection", "utkface", "utkface-masked", "rmfd"
 CANDIDATE = ["model.freeze=0", "epochs=5"]
-CONFIGS = ("main-job", "candidate", "plain", "plain-multitask")
+CONFIGS = ("main-job", "candidate", "plain", "plain-multitask", "unfrozen", "masked")
 AIMS = {"gender": 0.90, "age": 0.75, "rmfd": 0.97, "incorrect": 0.85}
 
 
@@ -252,6 +255,9 @@ def main() -> int:
         # the plain recipe (CE, 3 epochs, last epoch) as one multi-task model on the masked copy
         "plain-multitask": (load_config(args.config, [f"seed={args.seed}", *PLAIN, *args.set]),
                             MASKED_SRC),
+        # one lever at a time (the candidate changes three things together):
+        "unfrozen": (load_config(args.config, [f"seed={args.seed}", "model.freeze=0", *args.set]), UTK_SRC),
+        "masked": (base, MASKED_SRC),
     }
     for cfg, _ in configs.values():
         cfg.data = base.data

@@ -422,7 +422,30 @@ def test_frozen_model_trains_predicts_and_loads_as_data(clip_set, tmp_path, cach
     assert len(tl) >= 2 and np.allclose(tl[["p_adl", "p_fall"]].sum(axis=1), 1, atol=1e-5)
     with pytest.raises(ConfigError):
         load_clip_config(None, ["model.kind=frozen", "model.features=mhi,colour"])
+    from facelab.errors import CheckpointError as CkErr
+
+    with pytest.raises(CkErr, match="another config"):  # a frozen refit does not overwrite
+        fit(load_clip_config(None, ["data.size=32", "model.kind=frozen", "model.features=mhi",
+                                    "sampling.eval_frames=8", "sampling.pool=8"]), table, tmp_path / "run")
     # a pickled object other than tensors and plain data: refused, never run
     torch.save({"format": "facelab-clips-1", "x": _Payload()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="refused"):
         load_model(tmp_path / "evil.pt")
+
+
+def test_resume_accepts_a_checkpoint_saved_before_new_config_fields(clip_set, tmp_path, cache_env):
+    """last.pt stores the config dict of its day; fields added since (defaults) must not make
+    an interrupted run refuse to resume."""
+    table = from_csv(clip_set / "labels.csv")
+    cfg = load_clip_config(None, ["data.size=32", "model.pretrained=", "model.freeze=0",
+                                  "sampling.pool=4", "epochs=2", "batch_size=4"])
+    run = tmp_path / "run"
+    fit(cfg, table, run)
+    ck = torch.load(run / "last.pt", weights_only=True)
+    for key in ("features", "C"):  # as written before model.kind frozen existed
+        ck["config"]["model"].pop(key)
+    ck["epoch"] = 0
+    ck["history"] = ck["history"][:1]
+    torch.save(ck, run / "last.pt")
+    res = fit(cfg, table, run)  # resumes after epoch 0 instead of refusing
+    assert len(res.history) == 2

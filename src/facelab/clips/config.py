@@ -25,7 +25,8 @@ class ClipDataConfig:
         size: frames are scaled to size x size (whole frame).
         folds: grouped cross-validation folds for `clips train --cv` (GMDCSA24 with 4 folds is
             leave-one-subject-out; UP-Fall folds never split an `event`).
-        cache: keep decoded frames on disk (facelab.paths.cache_root()/clips, or cache_dir).
+        cache: keep decoded frames on disk (facelab.paths.cache_root()/clips, or cache_dir;
+            a frozen model's trajectory features go to its `motion/` sub-folder).
         crop: `none` (whole frames) or `motion`: every frame cut to the square around what
             moves in the clip (facelab.clips.crop; a person-centred crop without a detector).
     """
@@ -133,6 +134,10 @@ class ClipConfig:
                                   f"{FEATURE_SETS}; model.C must be > 0")
             if "mhi" in sets and s.eval_frames < 2:
                 raise ConfigError("the mhi feature set needs sampling.eval_frames >= 2 (e.g. 16)")
+            if set(sets) & {"appearance", "mhi"} and self.model.pretrained != "imagenet":
+                raise ConfigError("a frozen model's backbone must be pretrained: imagenet (its "
+                                  "features are what the heads learn on; random or file weights "
+                                  "are not stored in model.pt)")
         if self.data.size < 16 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("data.size >= 16, epochs >= 1 and batch_size >= 1 are required")
 

@@ -112,7 +112,9 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     cfg.save(out / "config.yaml")
     if resume and last.is_file():
         ck = load_torch_file(last, "clip checkpoint")
-        if ck.get("config") != cfg.to_dict() or ck.get("classes") != classes:
+        # through the dataclass, so a checkpoint from before a config field was added compares equal
+        saved = build_dataclass(ClipConfig, ck.get("config") or {}, str(last)).to_dict()
+        if saved != cfg.to_dict() or ck.get("classes") != classes:
             raise CheckpointError(f"{last} was written with another config or classes; "
                                   "use a new run folder or --no-resume")
         model.load_state_dict(ck["model"])
@@ -159,7 +161,15 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
 
 def _fit_frozen(cfg: ClipConfig, table: pd.DataFrame, out: Path, progress: bool,
                 cache: FrameCache) -> FitResult:
-    """Features of every clip, one logistic regression per feature set (seconds on a CPU)."""
+    """Features of every clip, one logistic regression per feature set (seconds on a CPU).
+    A folder holding a run of another config is refused, as for trained models (a refit of
+    the same config replaces model.pt: nothing is lost)."""
+    saved_cfg = out / "config.yaml"
+    if saved_cfg.is_file():
+        from facelab.clips.config import load_clip_config
+
+        if load_clip_config(saved_cfg).to_dict() != cfg.to_dict():
+            raise CheckpointError(f"{out} holds a run of another config; use a new run folder")
     t0 = time.perf_counter()
     feats, bad, _ = FrozenClipModel(cfg, []).extract(list(table["clip"]), cache, progress)
     _write_skipped(out / "skipped.csv", bad)
@@ -208,7 +218,8 @@ def predict_clips(model: ClipModel | FrozenClipModel, cfg: ClipConfig, clips: li
                   cache: FrameCache | None = None, progress: bool = False,
                   batch_size: int = 16) -> tuple[np.ndarray, list[tuple[str, str]], float]:
     """Class probabilities (N, C) with NaN rows for clips that failed, the failures, and
-    clips/s of the model on decoded frames."""
+    clips/s of the model on decoded frames. A frozen model samples frames as its own config
+    (the one load_model returned with it) says."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cache = cache or make_cache(cfg)

@@ -19,7 +19,7 @@ def assign_folds(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:
     """Fold index (0..k-1) per row; all rows of a `group` share a fold, per data set.
 
     Example:
-        >>> t = pd.DataFrame({"label": list("abab"), "group": list("xxyy"), "dataset": "d"})
+        >>> t = pd.DataFrame({"label": list("abab"), "group": list("xxyy"), "event": list("pqrs"), "dataset": "d"})
         >>> f = assign_folds(t, 2); bool(f[0] == f[1] and f[2] == f[3] and f[0] != f[2])
         True
     """

@@ -53,7 +53,9 @@ class LinearHead:
     def proba(self, x: np.ndarray) -> np.ndarray:
         z = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
         if self.coef.shape[0] == 1:  # binary: sklearn keeps one row, the second class's
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            from scipy.special import expit
+
+            p1 = expit(z[:, 0])
             return np.stack([1.0 - p1, p1], 1)
         z = z - z.max(1, keepdims=True)
         e = np.exp(z)
@@ -100,8 +102,7 @@ class FrozenClipModel:
         if self._backbone is None:
             from facelab.models.backbone import create_backbone
 
-            pretrained = self.cfg.model.pretrained or "imagenet"
-            self._backbone = create_backbone(self.cfg.model.backbone, pretrained).eval()
+            self._backbone = create_backbone(self.cfg.model.backbone, self.cfg.model.pretrained).eval()
             self._backbone.to(memory_format=torch.channels_last)
         return self._backbone
 
@@ -137,13 +138,16 @@ class FrozenClipModel:
         failed = dict(bad)
         t0 = time.perf_counter()
         if "trajectory" in self.sets:
+            done: dict[str, np.ndarray] = {}  # a clip listed twice is decoded once
             with progress_bar(progress) as bar:
                 task = bar.add_task("trajectories", total=len(clips))
                 for i, clip in enumerate(clips):
-                    if clip in stacks:
+                    if clip in stacks and clip not in failed:
                         try:
-                            feats["trajectory"][i] = clip_features(
-                                clip, cache_dir=cache.root.parent / "clip_motion", use_cache=cache.enabled)
+                            if clip not in done:  # beside the frame cache, in the same folder
+                                done[clip] = clip_features(clip, cache_dir=cache.root / "motion",
+                                                           use_cache=cache.enabled)
+                            feats["trajectory"][i] = done[clip]
                         except ImageDecodeError as exc:
                             failed[clip] = str(exc)
                             bad.append((clip, str(exc)))
@@ -194,4 +198,6 @@ class FrozenClipModel:
         if set(model.heads) != set(model.sets):
             raise DataFormatError(f"{where}: heads {sorted(model.heads)} do not match "
                                   f"model.features {model.sets}")
+        if set(model.sets) & {"appearance", "mhi"}:
+            model.backbone()  # now, so missing weights fail at load time, not on the first clip
         return model

@@ -36,6 +36,9 @@ from facelab.io.atomic import atomic_path
 from facelab.paths import cache_root
 
 CACHE_VERSION = 1
+# differences are scaled by their 99.5th percentile, but never by less than this many grey
+# levels: a still clip's compression noise is not blown up into full-scale "motion"
+MIN_MOTION_SCALE = 8.0
 FEATURES = (
     "drop_centre_1s",    # largest downward move of the box centre within 1 s
     "drop_centre_0.5s",  # the same within 0.5 s (speed: sitting down is slower)
@@ -52,19 +55,19 @@ FEATURES = (
 
 
 def motion_image(frames: np.ndarray) -> np.ndarray:
-    """float32 (H, W, 3) in [0, 1] from uint8 frames (T, H, W, 3), T >= 2: the colour-coded
-    motion of the first / middle / last third of the clip (all black when nothing moves).
+    """float32 (H, W, 3) in [0, 1] from uint8 frames (T, H, W, 3): the colour-coded motion
+    of the first / middle / last third of the clip (near black when little moves).
 
     Example:
         >>> f = np.zeros((4, 8, 8, 3), np.uint8); f[3, 2:4, 2:4] = 255  # a late change
-        >>> m = motion_image(f); round(float(m[2, 2, 2]), 3), float(m[2, 2, 0])
+        >>> m = motion_image(f); float(m[2, 2, 2]), float(m[2, 2, 0])
         (1.0, 0.0)
     """
     if len(frames) < 2:
         return np.zeros(frames.shape[1:3] + (3,), np.float32)
     grey = frames.astype(np.float32).mean(-1)
     diff = np.abs(np.diff(grey, axis=0))
-    diff = np.clip(diff / (np.percentile(diff, 99.5) + 1e-3), 0.0, 1.0)
+    diff = np.clip(diff / max(float(np.percentile(diff, 99.5)), MIN_MOTION_SCALE), 0.0, 1.0)
     thirds = [part.max(0) if len(part) else np.zeros_like(diff[0]) for part in np.array_split(diff, 3)]
     return np.stack(thirds, -1).astype(np.float32)
 
@@ -203,7 +206,8 @@ def trajectory_features(track: dict[str, np.ndarray], times: np.ndarray) -> np.n
 
 def _key(path: Path, height: int, fps: float) -> str:
     st = path.stat()
-    ident = f"motion-v{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{height}|{fps}"
+    ident = (f"motion-v{CACHE_VERSION}|{','.join(FEATURES)}|{path.resolve()}|{st.st_size}|"
+             f"{st.st_mtime_ns}|{height}|{fps}")
     return hashlib.sha1(ident.encode()).hexdigest()
 
 
@@ -221,7 +225,9 @@ def clip_features(path: str | Path, height: int = 120, fps: float = 10.0,
     entry = root / f"{_key(path, height, fps)}.npy"
     if entry.is_file():
         try:
-            return np.load(entry)
+            feats = np.load(entry)
+            if feats.shape == (len(FEATURES),):
+                return feats
         except (OSError, ValueError):
             pass  # damaged entry: compute again
     grey, times = decode_grey(path, height, fps)
