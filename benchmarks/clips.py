@@ -72,9 +72,9 @@ from facelab.clips.config import load_clip_config
 from facelab.clips.crop import apply_crop
 from facelab.clips.dataset import load_clips
 from facelab.clips.engine import fit, load_model, predict_clips
+from facelab.clips.folds import assign_folds, bootstrap, present_macro_f1
 from facelab.clips.frozen import FrozenClipModel
 from facelab.clips.motion import decode_grey, silhouette_track, trajectory_features
-from facelab.clips.folds import assign_folds, bootstrap, present_macro_f1
 from facelab.clips.video import FrameCache, load_stacks
 from facelab.models.backbone import create_backbone
 from facelab.paths import missing_data

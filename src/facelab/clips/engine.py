@@ -25,9 +25,10 @@ from facelab.clips.crop import apply_crop
 from facelab.clips.frozen import FrozenClipModel
 from facelab.clips.model import ClipModel
 from facelab.clips.timeline import DetectConfig, sliding_probs
-from facelab.clips.video import FrameCache, decode_timed, load_stacks, progress_bar as _progress
+from facelab.clips.video import FrameCache, decode_timed, load_stacks
+from facelab.clips.video import progress_bar as _progress
 from facelab.config import build_dataclass
-from facelab.errors import CheckpointError, DataFormatError, ImageDecodeError
+from facelab.errors import CheckpointError, DataFormatError
 from facelab.io.atomic import atomic_path
 from facelab.io.torchfile import load_torch_file
 from facelab.runtime import tune_allocator
@@ -148,10 +149,10 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
             train_s, seen = train_s + dt, seen + len(order)
             history.append({"epoch": epoch, "train_loss": float(np.sum(losses) / len(order)),
                             "train_acc": correct / len(order), "clips_per_s": len(order) / dt})
-            torch.save({"format": FORMAT, "model": model.state_dict(), "optim": opt.state_dict(),
-                        "sched": sched.state_dict(), "epoch": epoch, "history": history,
-                        "config": cfg.to_dict(), "classes": classes}, last.with_suffix(".tmp"))
-            last.with_suffix(".tmp").replace(last)
+            with atomic_path(last, ".pt") as tmp:
+                torch.save({"format": FORMAT, "model": model.state_dict(), "optim": opt.state_dict(),
+                            "sched": sched.state_dict(), "epoch": epoch, "history": history,
+                            "config": cfg.to_dict(), "classes": classes}, tmp)
             bar.advance(task)
     pd.DataFrame(history).to_csv(out / "log.csv", index=False)
     torch.save({"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(),

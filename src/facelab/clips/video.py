@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from facelab.errors import ImageDecodeError
+from facelab.io.atomic import atomic_path
 from facelab.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,8 @@ class FrameCache:
                 stack = np.ascontiguousarray(allf[segment_indices(len(allf), k)])
                 out[k] = stack
                 if self.enabled:
-                    p = self.path_for(clip, k)
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-                    with open(tmp, "wb") as fh:
+                    with atomic_path(self.path_for(clip, k), ".npy") as tmp, open(tmp, "wb") as fh:
                         np.save(fh, stack)
-                    os.replace(tmp, p)
         return out
 
 
