@@ -30,7 +30,8 @@ Configs (a priori, chosen from the evidence in issue 14, not tuned on these figu
 - ``plain``: benchmarks/plain_baseline.py's recipe.
 - one lever at a time (the candidate changes three things at once): ``unfrozen`` is the main
   job with every layer trained (``model.freeze=0``, still 8 epochs, photos); ``masked`` is
-  the main job (4 blocks frozen, 8 epochs) on UTKFace's masked copy.
+  the main job (4 blocks frozen, 8 epochs) on UTKFace's masked copy; ``masked-nose`` the
+  same with every incorrect render below the nose (what the real class mostly is).
 
 Splits: the face-mask crops keep the main job's person-level split (train/val train,
 test scores). UTKFace rows are split by position (the same faces in the photo and the
@@ -73,8 +74,12 @@ from plain_baseline import PLAIN  # noqa: E402
 
 RACES = ("white", "black", "asian", "indian", "others")
 MASK_SRC, UTK_SRC, MASKED_SRC, RMFD_SRC = "face-mask-detection", "utkface", "utkface-masked", "rmfd"
+NOSE_SRC = "utkface-masked-nose"
+# the real "incorrect" crops are almost all masks below the nose (docs/masks.md's renderer
+# check), while "incorrect" renders are a third each below the nose, mouth uncovered, on chin
+NOSE_WEARS = {"correct": 0.35, "below_nose": 0.15, "none": 0.5}
 CANDIDATE = ["model.freeze=0", "epochs=5"]
-CONFIGS = ("main-job", "candidate", "plain", "plain-multitask", "unfrozen", "masked")
+CONFIGS = ("main-job", "candidate", "plain", "plain-multitask", "unfrozen", "masked", "masked-nose")
 AIMS = {"gender": 0.90, "age": 0.75, "rmfd": 0.97, "incorrect": 0.85}
 
 
@@ -98,6 +103,16 @@ def masked_utkface(seed: int) -> Path:
     print(f"masked UTKFace: {rep.rows} faces {rep.counts} ({rep.written} rendered now, "
           f"{rep.unrendered} without landmarks kept as 'none') -> {out}", flush=True)
     return out / "labels.csv"
+
+
+def masked_utkface_nose(seed: int) -> Path:
+    """UTKFace's masked copy with every incorrect render below the nose (the render_masks
+    source switch's cache, facelab.data.render_masks.masked_copy)."""
+    from facelab.data.render_masks import masked_copy
+
+    spec = SourceSpec("labels", str(data_root() / "utkface" / "labels.csv"), UTK_SRC,
+                      render_masks={"seed": seed, "wear": NOSE_WEARS})
+    return masked_copy(spec)
 
 
 def position_plan(n: int, n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,6 +258,8 @@ def main() -> int:
         SourceSpec("labels", str(rmfd_labels(out)), RMFD_SRC,
                    image_root=str(data_root() / "rmfd-masked-faces")),
     ]
+    if "masked-nose" in args.configs:
+        base.data.sources.append(SourceSpec("labels", str(masked_utkface_nose(args.render_seed)), NOSE_SRC))
     data = prepare_for(base)
     data.split = main_job_split(data, args.config)
     table = data.table
@@ -258,6 +275,7 @@ def main() -> int:
         # one lever at a time (the candidate changes three things together):
         "unfrozen": (load_config(args.config, [f"seed={args.seed}", "model.freeze=0", *args.set]), UTK_SRC),
         "masked": (base, MASKED_SRC),
+        "masked-nose": (base, NOSE_SRC),
     }
     for cfg, _ in configs.values():
         cfg.data = base.data
