@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from facelab.errors import DataFormatError
+from facelab.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 CHIP = 150
@@ -63,11 +64,10 @@ def save_chipset(cs: ChipSet, path: str | Path, quality: int = 90) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     blobs = [_encode(c, quality) for c in cs.chips]
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, jpeg=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
-             landmarks=cs.landmarks.astype(np.float32), source=cs.source.astype(str),
-             identity=cs.identity.astype(str), image=cs.image.astype(str))
-    tmp.replace(path)
+    with atomic_path(path, ".npz") as tmp:  # np.savez keeps a name ending in .npz
+        np.savez(tmp, jpeg=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+                 landmarks=cs.landmarks.astype(np.float32), source=cs.source.astype(str),
+                 identity=cs.identity.astype(str), image=cs.image.astype(str))
     return path
 
 

@@ -36,6 +36,7 @@ from facelab.distance import pairwise_distance
 from facelab.embed.chipset import ChipSet, load_chipset
 from facelab.embed.students import METRIC, STUDENTS, build_student, count_parameters
 from facelab.errors import ConfigError
+from facelab.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 FORMAT = "facelab-student-v1"
@@ -403,10 +404,10 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> 
             if row["val_score"] > best["val_score"]:
                 best = {"val_score": row["val_score"], "epoch": epoch + 1}
                 torch.save({**meta, "student": state}, out / "best.pt")
-            torch.save({"student": state, "optimizer": opt.state_dict(), "step": step,
-                        "elapsed": elapsed, "epoch": epoch + 1, "history": history, "best": best, "config": asdict(cfg)},
-                       out / "last.tmp")
-            (out / "last.tmp").replace(last)
+            with atomic_path(last, ".pt") as tmp:
+                torch.save({"student": state, "optimizer": opt.state_dict(), "step": step,
+                            "elapsed": elapsed, "epoch": epoch + 1, "history": history, "best": best,
+                            "config": asdict(cfg)}, tmp)
             (out / "history.json").write_text(json.dumps(history, indent=1))
     write_model_card(out, cfg, history, best, params)
     return {"best": best, "history": history, "parameters": params}

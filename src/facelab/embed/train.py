@@ -32,6 +32,7 @@ from facelab.embed.mobilefacenet import (
     to_tensor,
 )
 from facelab.errors import ConfigError, DataFormatError
+from facelab.io.atomic import atomic_path
 from facelab.io.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         ck = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
               "scheduler": sched.state_dict(), "epoch": epoch + 1, "config": asdict(cfg),
               "threshold": threshold, "figures": figures}
-        torch.save(ck, out / "last.pt.tmp")
-        (out / "last.pt.tmp").replace(out / "last.pt")
+        with atomic_path(out / "last.pt", ".pt") as tmp:
+            torch.save(ck, tmp)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return figures
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from facelab.errors import ConfigError
+from facelab.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 KINDS = ("flat", "hnsw", "ivf")
@@ -154,9 +155,8 @@ class VectorIndex:
         import faiss
 
         path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.index, str(tmp))
         meta = {"dim": self.dim, "metric": self.metric, "config": asdict(self.config),
                 "count": len(self.ids), "checksum": ids_checksum(self.ids), **(extra or {})}
         Path(str(path) + ".json").write_text(json.dumps(meta, indent=1))

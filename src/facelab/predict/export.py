@@ -17,6 +17,7 @@ from torch import nn
 
 from facelab.data.labels import TASKS
 from facelab.errors import CheckpointError
+from facelab.io.atomic import atomic_path
 from facelab.models.heads import task_log_probs
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,10 @@ def export_onnx(run, path: str | Path | None = None) -> Path:
     wrapper = _ProbsFromPixels(run.model).eval()  # the run's model, eval center crop included
     size = run.settings.size
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.inference_mode():
+    with atomic_path(path, ".onnx") as tmp, torch.inference_mode():
         torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=["pixels"],
                           output_names=list(TASKS), opset_version=OPSET, dynamo=False,
                           dynamic_axes={"pixels": {0: "batch"}, **{t: {0: "batch"} for t in TASKS}})
-    tmp.replace(path)
     return path
 
 

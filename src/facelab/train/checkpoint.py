@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facelab.io.atomic import atomic_path
 from facelab.models.checkpoint import FORMAT, load_checkpoint  # noqa: F401  (re-exported)
 
 
@@ -29,6 +29,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically (temp file + rename) so a crash never leaves a half-written checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
