@@ -31,7 +31,10 @@ Configs (a priori, chosen from the evidence in issue 14, not tuned on these figu
 - one lever at a time (the candidate changes three things at once): ``unfrozen`` is the main
   job with every layer trained (``model.freeze=0``, still 8 epochs, photos); ``masked`` is
   the main job (4 blocks frozen, 8 epochs) on UTKFace's masked copy; ``masked-nose`` the
-  same with every incorrect render below the nose (what the real class mostly is).
+  same with every incorrect render below the nose (what the real class mostly is);
+  ``masked-nose-balanced`` that with ``sampler=source_balanced`` (the crowd crops and the
+  masked close-ups draw the same share of each epoch, so the close-ups cannot drown the
+  crowd crops' framing).
 
 Splits: the face-mask crops keep the main job's person-level split (train/val train,
 test scores). UTKFace rows are split by position (the same faces in the photo and the
@@ -79,7 +82,8 @@ NOSE_SRC = "utkface-masked-nose"
 # check), while "incorrect" renders are a third each below the nose, mouth uncovered, on chin
 NOSE_WEARS = {"correct": 0.35, "below_nose": 0.15, "none": 0.5}
 CANDIDATE = ["model.freeze=0", "epochs=5"]
-CONFIGS = ("main-job", "candidate", "plain", "plain-multitask", "unfrozen", "masked", "masked-nose")
+CONFIGS = ("main-job", "candidate", "plain", "plain-multitask", "unfrozen", "masked", "masked-nose",
+           "masked-nose-balanced")
 AIMS = {"gender": 0.90, "age": 0.75, "rmfd": 0.97, "incorrect": 0.85}
 
 
@@ -258,7 +262,7 @@ def main() -> int:
         SourceSpec("labels", str(rmfd_labels(out)), RMFD_SRC,
                    image_root=str(data_root() / "rmfd-masked-faces")),
     ]
-    if "masked-nose" in args.configs:
+    if any(c.startswith("masked-nose") for c in args.configs):
         base.data.sources.append(SourceSpec("labels", str(masked_utkface_nose(args.render_seed)), NOSE_SRC))
     data = prepare_for(base)
     data.split = main_job_split(data, args.config)
@@ -276,6 +280,8 @@ def main() -> int:
         "unfrozen": (load_config(args.config, [f"seed={args.seed}", "model.freeze=0", *args.set]), UTK_SRC),
         "masked": (base, MASKED_SRC),
         "masked-nose": (base, NOSE_SRC),
+        "masked-nose-balanced": (load_config(args.config, [f"seed={args.seed}", "sampler=source_balanced",
+                                                           *args.set]), NOSE_SRC),
     }
     for cfg, _ in configs.values():
         cfg.data = base.data

@@ -215,6 +215,18 @@ def test_one_wear_per_person_gives_exactly_one_wear_photo_per_person_per_epoch(c
     assert {Path(p).stem for p in table["path"][wear]} == set(WEAR_STEMS)
 
 
+def test_source_balanced_draws_each_source_equally():
+    from facelab.train.sampling import epoch_order
+
+    table = pd.DataFrame({"source": ["big"] * 900 + ["small"] * 100})
+    data = types.SimpleNamespace(table=table)
+    order = epoch_order(data, np.arange(1000), "source_balanced", np.random.default_rng(0))
+    share = (table["source"].to_numpy()[order] == "small").mean()
+    assert len(order) == 1000 and 0.45 < share < 0.55  # 0.10 under uniform draws
+    uniform = epoch_order(data, np.arange(1000), "uniform", np.random.default_rng(0))
+    assert sorted(uniform.tolist()) == list(range(1000))
+
+
 def test_age_drop_band_removes_the_band_from_training_only(comp_cfg):
     cfg = load_config(comp_cfg, [*TINY, "data.age_drop_band=[60, 70]"])
     data = prepare_for(cfg)
@@ -284,6 +296,7 @@ SWITCHES = {
     "ema": ["ema.decay=0.9"],
     "one_wear": ["sampler=one_wear_per_person"],
     "balanced": ["sampler=balanced", "loss.class_weights=balanced"],
+    "source_balanced": ["sampler=source_balanced"],
     "soft age + cutmix": ["loss.age_sigma=2", "augment.cutmix=1.0", "loss.terms={focal: 0.6, soft_f1: 0.4}"],
     "calibrate": ["calibrate=true"],
 }

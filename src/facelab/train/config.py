@@ -17,7 +17,7 @@ from facelab.train.averaging import EmaConfig, SwaConfig
 from facelab.train.losses import LossConfig
 from facelab.train.optim import OptimConfig
 
-SAMPLERS = ("uniform", "balanced", "one_wear_per_person")
+SAMPLERS = ("uniform", "balanced", "source_balanced", "one_wear_per_person")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class TrainConfig:
         batch_size: images per step.
         patience: epochs without a better validation score before stopping (0 = never).
         sampler: uniform | balanced (class-balanced draws over the mask task and age groups)
+            | source_balanced (every source draws the same share of an epoch, with replacement)
             | one_wear_per_person (competition layout: of each person's five correct-mask
             photos mask1..mask5, one random photo per epoch; all other rows every epoch).
         seed: seeds python, numpy and torch; the same seed gives the same run.

@@ -1,5 +1,6 @@
-"""Which training rows an epoch visits, in which order: uniform, class-balanced, or one of
-each person's correct-mask photos (the competition layout has five per person)."""
+"""Which training rows an epoch visits, in which order: uniform, class-balanced,
+source-balanced, or one of each person's correct-mask photos (the competition layout has
+five per person)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,27 @@ def one_wear_per_person(table: pd.DataFrame, idx: np.ndarray, rng: np.random.Gen
     return np.sort(np.concatenate([idx[~wear], chosen]))
 
 
+def source_weights(table: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
+    """Draw weights over rows `idx` giving every source (data set) the same total weight, so a
+    large source cannot drown a small one's framing or population.
+
+    Example:
+        >>> t = pd.DataFrame({"source": ["a"] * 3 + ["b"]})
+        >>> source_weights(t, np.arange(4)).round(3).tolist()
+        [0.167, 0.167, 0.167, 0.5]
+    """
+    _, key = np.unique(table["source"].to_numpy()[idx], return_inverse=True)
+    w = 1.0 / np.bincount(key)[key]
+    return w / w.sum()
+
+
 def epoch_order(data: PreparedData, idx: np.ndarray, sampler: str,
                 rng: np.random.Generator, wear: np.ndarray | None = None) -> np.ndarray:
     """Training rows of one epoch in visiting order, drawn from `rng` (seeded per epoch)."""
     if sampler == "balanced":
         return rng.choice(idx, size=len(idx), replace=True, p=sample_weights(data, idx))
+    if sampler == "source_balanced":
+        return rng.choice(idx, size=len(idx), replace=True, p=source_weights(data.table, idx))
     if sampler == "one_wear_per_person":
         idx = one_wear_per_person(data.table, idx, rng, wear)
     return idx[rng.permutation(len(idx))]
