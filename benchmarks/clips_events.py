@@ -88,9 +88,10 @@ class Baseline:
         return score, 1
 
 
-def finetuned(method: str, cache: FrameCache, args):
+def trainer_for(make_cfg, cache: FrameCache):
+    """table -> (window scorer, frames per window) of a model trained on the table's clips."""
     def train(table: pd.DataFrame):
-        cfg = finetune_cfg(method, args, SIZE)
+        cfg = make_cfg()
         tmp = Path(tempfile.mkdtemp(prefix="clipevents_"))
         try:
             res = fit(cfg, table, tmp, resume=False, cache=cache)
@@ -100,20 +101,14 @@ def finetuned(method: str, cache: FrameCache, args):
             shutil.rmtree(tmp, ignore_errors=True)
         return clip_scorer(model), cfg.sampling.eval_frames
     return train
+
+
+def finetuned(method: str, cache: FrameCache, args):
+    return trainer_for(lambda: finetune_cfg(method, args, SIZE), cache)
 
 
 def frozen(sets: str, cache: FrameCache):
-    def train(table: pd.DataFrame):
-        cfg = frozen_cfg(sets, SIZE)
-        tmp = Path(tempfile.mkdtemp(prefix="clipevents_"))
-        try:
-            res = fit(cfg, table, tmp, resume=False, cache=cache)
-            assert res.classes == CLASSES, res.classes
-            model, _, _ = load_model(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return clip_scorer(model), cfg.sampling.eval_frames
-    return train
+    return trainer_for(lambda: frozen_cfg(sets, SIZE), cache)
 
 
 def timelines(score, k, clips, videos) -> dict[str, pd.DataFrame]:

@@ -79,6 +79,16 @@ def _write_skipped(path: Path, bad: list[tuple[str, str]]) -> None:
         w.writerows(bad)
 
 
+def _classes(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Sorted classes of the decodable training clips and each clip's class index."""
+    if table.empty:
+        raise DataFormatError("no training clip could be decoded (see skipped.csv)")
+    classes = sorted(table["label"].unique())
+    if len(classes) < 2:
+        raise DataFormatError(f"training clips have one class only ({classes[0]!r})")
+    return classes, table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+
+
 def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool = True,
         progress: bool = False, cache: FrameCache | None = None) -> FitResult:
     """Train one model on every decodable clip of `table` into `out_dir`."""
@@ -95,12 +105,7 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
     stacks = {c: apply_crop(st, cfg.data.crop, s.pool) for c, st in stacks.items()}
     _write_skipped(out / "skipped.csv", bad)
     table = table[table["clip"].isin(stacks)].reset_index(drop=True)
-    if table.empty:
-        raise DataFormatError("no training clip could be decoded (see skipped.csv)")
-    classes = sorted(table["label"].unique())
-    if len(classes) < 2:
-        raise DataFormatError(f"training clips have one class only ({classes[0]!r})")
-    y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    classes, y = _classes(table)
     pools = np.stack([stacks[c][s.pool] for c in table["clip"]])  # (N, P, H, W, 3)
 
     torch.manual_seed(cfg.seed)
@@ -176,12 +181,7 @@ def _fit_frozen(cfg: ClipConfig, table: pd.DataFrame, out: Path, progress: bool,
     _write_skipped(out / "skipped.csv", bad)
     ok = ~np.isnan(np.concatenate(list(feats.values()), 1)).any(1)
     table = table[ok].reset_index(drop=True)
-    if table.empty:
-        raise DataFormatError("no training clip could be decoded (see skipped.csv)")
-    classes = sorted(table["label"].unique())
-    if len(classes) < 2:
-        raise DataFormatError(f"training clips have one class only ({classes[0]!r})")
-    y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    classes, y = _classes(table)
     feats = {k: v[ok] for k, v in feats.items()}
     model = FrozenClipModel(cfg, classes)
     model.fit(feats, y)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facelab.clips.video import decode_frames
 from facelab.errors import ImageDecodeError
 from facelab.io.atomic import atomic_path
 from facelab.paths import cache_root
@@ -76,39 +77,11 @@ def decode_grey(path: str | Path, height: int = 120, fps: float = 10.0) -> tuple
     """Greyscale frames (n, height, width) uint8 with the source aspect kept, at most `fps`
     per second, and their times in seconds. Raises ImageDecodeError as
     facelab.clips.video.decode_timed does."""
-    import av
+    def grey(frame) -> np.ndarray:
+        width = max(2, round(height * frame.width / max(frame.height, 1)))
+        return frame.to_ndarray(width=width, height=height, format="gray")
 
-    path = Path(path)
-    if not path.is_file():
-        raise ImageDecodeError(f"clip {path} not found")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot open clip {path}: {exc}") from exc
-    frames, times = [], []
-    decoded, next_t = 0, -np.inf
-    with container:
-        if not container.streams.video:
-            raise ImageDecodeError(f"clip {path} has no video stream (audio-only?)")
-        stream = container.streams.video[0]
-        if stream.codec_context is None:
-            raise ImageDecodeError(f"clip {path}: its video codec is unknown to FFmpeg; re-encode it")
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
-        try:
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else decoded / rate
-                decoded += 1
-                if t < next_t:
-                    continue
-                next_t = t + 1.0 / fps - 1e-6
-                width = max(2, round(height * frame.width / max(frame.height, 1)))
-                frames.append(frame.to_ndarray(width=width, height=height, format="gray"))
-                times.append(t)
-        except (av.FFmpegError, ValueError) as exc:
-            raise ImageDecodeError(f"clip {path} is corrupt or truncated after {decoded} frames: {exc}") from exc
-    if not frames:
-        raise ImageDecodeError(f"clip {path} has zero decodable frames")
-    return np.stack(frames), np.asarray(times) - times[0]
+    return decode_frames(path, grey, fps)
 
 
 def silhouette_track(grey: np.ndarray, threshold: int = 25, min_share: float = 0.002) -> dict[str, np.ndarray]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +59,15 @@ def decode_timed(path: str | Path, size: int,
 
     Raises ImageDecodeError as decode_clip does.
     """
+    return decode_frames(path, lambda f: f.to_ndarray(width=size, height=size, format="rgb24"), fps)
+
+
+def decode_frames(path: str | Path, convert: Callable[[Any], np.ndarray],
+                  fps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`convert(frame)` (a PyAV VideoFrame -> array) of every kept frame, stacked, and the
+    frames' times in seconds; `fps` as in decode_timed. Raises ImageDecodeError for a missing
+    file, a file that is not a video, a container with no video stream (audio-only), an
+    unknown codec, zero frames, or a truncated stream."""
     import av
 
     path = Path(path)
@@ -86,7 +97,7 @@ def decode_timed(path: str | Path, size: int,
                 if fps and t < next_t:
                     continue
                 next_t = t + (1.0 / fps if fps else 0.0) - 1e-6
-                frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+                frames.append(convert(frame))
                 times.append(t)
         except (av.FFmpegError, ValueError) as exc:
             raise ImageDecodeError(
