@@ -160,8 +160,9 @@ def fit(cfg: ClipConfig, table: pd.DataFrame, out_dir: str | Path, resume: bool 
                             "config": cfg.to_dict(), "classes": classes}, tmp)
             bar.advance(task)
     pd.DataFrame(history).to_csv(out / "log.csv", index=False)
-    torch.save({"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(),
-                "classes": classes}, out / "model.pt")
+    with atomic_path(out / "model.pt", ".pt") as tmp:
+        torch.save({"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(),
+                    "classes": classes}, tmp)
     return FitResult(out, classes, history, bad, seen / train_s if train_s else 0.0)
 
 
