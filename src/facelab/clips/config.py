@@ -70,6 +70,10 @@ class ClipModelConfig:
     features: str = "mhi,trajectory"
     C: float = 1.0
 
+    def feature_sets(self) -> list[str]:
+        """`features` as a list of names (validated by ClipConfig for kind frozen)."""
+        return [f.strip() for f in self.features.split(",") if f.strip()]
+
 
 @dataclass
 class ClipSamplingConfig:
@@ -128,7 +132,7 @@ class ClipConfig:
         if self.model.kind == "i3d" and (self.model.time_kernel < 1 or self.model.time_kernel % 2 == 0):
             raise ConfigError(f"model.time_kernel={self.model.time_kernel}: use an odd number >= 1")
         if self.model.kind == "frozen":
-            sets = [f.strip() for f in self.model.features.split(",") if f.strip()]
+            sets = self.model.feature_sets()
             if not sets or set(sets) - set(FEATURE_SETS) or self.model.C <= 0:
                 raise ConfigError(f"model.features {self.model.features!r}: use a comma list of "
                                   f"{FEATURE_SETS}; model.C must be > 0")

@@ -69,11 +69,6 @@ class LinearHead:
         return cls(*(np.asarray(state[k], np.float32) for k in ("mean", "scale", "coef", "intercept")))
 
 
-def feature_sets(cfg: ClipConfig) -> list[str]:
-    """model.features as a list (validated by ClipConfig)."""
-    return [s.strip() for s in cfg.model.features.split(",") if s.strip()]
-
-
 class FrozenClipModel:
     """Feature extraction plus one linear head per feature set (see the module docstring).
 
@@ -87,7 +82,7 @@ class FrozenClipModel:
     kind = "frozen"
 
     def __init__(self, cfg: ClipConfig, classes: list[str], heads: dict[str, LinearHead] | None = None):
-        self.cfg, self.classes, self.sets = cfg, list(classes), feature_sets(cfg)
+        self.cfg, self.classes, self.sets = cfg, list(classes), cfg.model.feature_sets()
         self.heads = heads or {}
         self._backbone = None
 
