@@ -20,8 +20,10 @@ Per frame (greyscale, decoded at <= `fps` frames per second, height `height`, as
 the foreground is the pixels far from the background (opened to drop speckle); its box is
 the 5-95% percentiles of their coordinates. Per clip, with every length divided by the
 person's height (the 90th percentile of the box height over the clip) and times in
-seconds, `trajectory_features` gives FEATURES (see there). All settings were fixed before
-any real-data result was seen.
+seconds, `trajectory_features` gives FEATURES (see there). The idea came after whole-frame
+models had failed across data sets on the development clips; each setting here was fixed
+before its first run on them, except the motion image's scale floor (MIN_MOTION_SCALE),
+added after a review (docs/clips.md, "Motion cues").
 """
 
 from __future__ import annotations
@@ -191,12 +193,10 @@ def clip_features(path: str | Path, height: int = 120, fps: float = 10.0,
     path = Path(path)
     if not path.is_file():
         raise ImageDecodeError(f"clip {path} not found")
-    if not use_cache:
-        grey, times = decode_grey(path, height, fps)
-        return trajectory_features(silhouette_track(grey), times)
-    root = Path(cache_dir) if cache_dir else cache_root() / "clip_motion"
+    # default: beside the frame cache's default root, as FrozenClipModel puts it
+    root = Path(cache_dir) if cache_dir else cache_root() / "clips" / "motion"
     entry = root / f"{_key(path, height, fps)}.npy"
-    if entry.is_file():
+    if use_cache and entry.is_file():
         try:
             feats = np.load(entry)
             if feats.shape == (len(FEATURES),):
@@ -205,6 +205,7 @@ def clip_features(path: str | Path, height: int = 120, fps: float = 10.0,
             pass  # damaged entry: compute again
     grey, times = decode_grey(path, height, fps)
     feats = trajectory_features(silhouette_track(grey), times)
-    with atomic_path(entry, ".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, feats)
+    if use_cache:
+        with atomic_path(entry, ".npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, feats)
     return feats
