@@ -403,7 +403,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> 
                     "history": history}
             if row["val_score"] > best["val_score"]:
                 best = {"val_score": row["val_score"], "epoch": epoch + 1}
-                torch.save({**meta, "student": state}, out / "best.pt")
+                with atomic_path(out / "best.pt", ".pt") as tmp:
+                    torch.save({**meta, "student": state}, tmp)
             with atomic_path(last, ".pt") as tmp:
                 torch.save({"student": state, "optimizer": opt.state_dict(), "step": step,
                             "elapsed": elapsed, "epoch": epoch + 1, "history": history, "best": best,
