@@ -29,8 +29,12 @@ these folds):
   differences colour-coded by third of the clip); `traj`, the moving silhouette's
   trajectory (11 numbers, facelab.clips.motion.FEATURES; decoded at 10 fps, 120 px high,
   whatever --sizes says; its speed includes that decode); `app`, features of the middle
-  of the 16 frames. frozen-mhi-traj
-  is configs/clips_motion.yaml. These were designed after the rows above had shown that
+  of the 16 frames; `flow`, 8 optical-flow numbers of the moving pixels in person heights
+  per second (facelab.clips.motion.FLOW_FEATURES, Farneback on the trajectory's decode;
+  added 2026-12-01 after the other sets, settings fixed before its first run). frozen-mhi-traj
+  is configs/clips_motion.yaml. frozen-auto (`model.features: auto`) chooses the fusion of
+  mhi / flow / trajectory per fit by grouped 4-fold CV on that fit's training clips only
+  (nested: the scored clips never choose), and the table is followed by what it chose. These were designed after the rows above had shown that
   whole-frame models do not transfer across data sets; their settings were fixed before
   their first run on these clips and every variant run is a row here (none dropped);
   `+mcrop` cuts the frames to the motion box first (the motion image then shows the body
@@ -74,14 +78,23 @@ from facelab.clips.dataset import load_clips
 from facelab.clips.engine import fit, load_model, predict_clips
 from facelab.clips.folds import assign_folds, bootstrap, present_macro_f1
 from facelab.clips.frozen import FrozenClipModel
-from facelab.clips.motion import decode_grey, silhouette_track, trajectory_features
+from facelab.clips.motion import (
+    decode_grey,
+    flow_features,
+    person_scale,
+    silhouette_track,
+    trajectory_features,
+)
 from facelab.clips.video import FrameCache, load_stacks
 from facelab.models.backbone import create_backbone
 from facelab.paths import missing_data
 
 ROTATE = 30.0
+CHOSEN: list[str] = []  # frozen-auto: the fusion each fit chose, printed under its table
 FROZEN = {"frozen-mhi": "mhi", "frozen-traj": "trajectory", "frozen-mhi-traj": "mhi,trajectory",
-          "frozen-app-mhi-traj": "appearance,mhi,trajectory"}
+          "frozen-app-mhi-traj": "appearance,mhi,trajectory", "frozen-flow": "flow",
+          "frozen-flow-traj": "flow,trajectory", "frozen-mhi-flow": "mhi,flow",
+          "frozen-mhi-flow-traj": "mhi,flow,trajectory", "frozen-auto": "auto"}
 BASES = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-k8", "i3d-k8", "3d-r3d", *FROZEN)
 # a method is a base plus optional switches: +rot (rotation +-30 degrees), +mcrop (motion crop)
 METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot",
@@ -145,7 +158,7 @@ class FrozenFeatures:
     speed (clips/s on decoded frames; for `trajectory`, on frames decoded at 10 fps)."""
 
     def __init__(self, clips: list[str], size: int, cache: FrameCache, crop: str = "none"):
-        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory", size, crop), [])
+        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory,flow", size, crop), [])
         feats, bad, _ = model.extract(clips, cache)
         if bad:  # the same clips fail for the other methods: they cannot be scored at all
             raise SystemExit(f"clips failed to decode: {bad}; fix or remove them")
@@ -161,28 +174,39 @@ class FrozenFeatures:
             t0 = time.perf_counter()
             m.image_features(batch)
             self.speed[name] = len(batch) / (time.perf_counter() - t0)
-        # the trajectory reads the clip itself (10 fps, 120 px high): its decode is counted
-        t0 = time.perf_counter()
+        # trajectory and flow read the clip itself (10 fps, 120 px high): each speed counts
+        # that decode (a row with both counts it twice: pessimistic by one decode)
+        decode_s = traj_s = flow_s = 0.0
         for c in some:
+            t0 = time.perf_counter()
             grey, times = decode_grey(c)
-            trajectory_features(silhouette_track(grey), times)
-        self.speed["trajectory"] = len(some) / (time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            track = silhouette_track(grey)
+            trajectory_features(track, times)
+            t2 = time.perf_counter()
+            flow_features(grey, times, person_scale(track))
+            decode_s, traj_s, flow_s = decode_s + t1 - t0, traj_s + t2 - t1, flow_s + time.perf_counter() - t2
+        self.speed["trajectory"] = len(some) / (decode_s + traj_s)
+        self.speed["flow"] = len(some) / (decode_s + flow_s)
 
 
 def run_frozen(method, frozen: dict, size, train, test, classes):
     base, flags = parse_method(method)
     crop = "motion" if "mcrop" in flags else "none"
     ff = frozen[crop]
-    sets = FROZEN[base].split(",")
     model = FrozenClipModel(frozen_cfg(FROZEN[base], size, crop), classes)
+    sets = list(model.sets)  # for frozen-auto: the candidates (the fit keeps a subset)
     tr = [ff.row[c] for c in train["clip"]]
     te = [ff.row[c] for c in test["clip"]]
     y = train["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     if len(set(y)) < len(classes):
         raise RuntimeError(f"training part lacks classes {set(classes) - set(train['label'])}")
     t0 = time.perf_counter()
-    model.fit({s: ff.feats[s][tr] for s in sets}, y)
+    model.fit({s: ff.feats[s][tr] for s in sets}, y, train["group"].to_numpy())
     fit_s = time.perf_counter() - t0
+    if model.selection:
+        CHOSEN.append("+".join(model.sets))
+    sets = list(model.sets)
     per_clip = sum(1 / ff.speed[s] for s in sets)
     return (model.proba({s: ff.feats[s][te] for s in sets}),
             len(train) / (len(train) * per_clip + fit_s), 1 / per_clip)
@@ -235,7 +259,9 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
     lines.append("| method | accuracy [95% CI] | macro F1 [95% CI] | per-fold macro F1 | "
                  "train clips/s | infer clips/s |")
     lines.append("|---|---|---|---|---|---|")
+    chosen = {}
     for method in methods:
+        CHOSEN.clear()
         probs = np.zeros((len(table), len(classes)))
         tr_speed, inf_speed = [], []
         for f in test_folds:
@@ -258,6 +284,11 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
         lines.append(f"| {method} | {m['accuracy']:.3f} [{a[0]:.2f}, {a[1]:.2f}] | "
                      f"{m['macro_f1']:.3f} [{fci[0]:.2f}, {fci[1]:.2f}] | {per_fold} | "
                      f"{_speed(np.mean(tr_speed))} | {_speed(np.mean(inf_speed))} |")
+        print(lines[-1], flush=True)
+        if CHOSEN:
+            chosen[method] = " / ".join(CHOSEN)
+    for method, sets in chosen.items():  # after the table, which a note line would break
+        lines.append(f"\n{method} chose per fold (grouped CV on that fold's training clips): {sets}")
         print(lines[-1], flush=True)
 
 

@@ -353,8 +353,8 @@ def test_cli_train_cv_evaluate_predict(clip_set, tmp_path, cache_env):
     assert any(cache_env.rglob("*.npy"))  # the default cache lives under FACELAB_CACHE
 
 
-def test_trajectory_features_tell_a_drop_from_a_walk(tmp_path):
-    from facelab.clips.motion import FEATURES, clip_features
+def test_motion_features_tell_a_drop_from_a_walk(tmp_path):
+    from facelab.clips.motion import FEATURES, FLOW_FEATURES, clip_features
 
     # 64 px: the square is still for only 3 of 20 frames (a body lying still for most of
     # a clip joins the median background: the trajectory's known weakness)
@@ -362,11 +362,18 @@ def test_trajectory_features_tell_a_drop_from_a_walk(tmp_path):
                          cache_dir=tmp_path / "m")
     walk = clip_features(write_clip(tmp_path / "w.mp4", "adl", n=20, size=64), height=64,
                          cache_dir=tmp_path / "m")
-    assert fall.shape == (len(FEATURES),) and np.isfinite(fall).all()
+    assert fall["trajectory"].shape == (len(FEATURES),) and np.isfinite(fall["trajectory"]).all()
+    assert fall["flow"].shape == (len(FLOW_FEATURES),) and np.isfinite(fall["flow"]).all()
     drop = FEATURES.index("drop_top_1s")
-    assert fall[drop] > 1.0 and abs(walk[drop]) < 0.3  # falls by > its own height in 1 s
-    assert len(list((tmp_path / "m").glob("*.npy"))) == 2  # cached
-    np.testing.assert_array_equal(clip_features(tmp_path / "f.mp4", height=64, cache_dir=tmp_path / "m"), fall)
+    assert fall["trajectory"][drop] > 1.0 and abs(walk["trajectory"][drop]) < 0.3  # > its height in 1 s
+    # the flow sees the same: fast downward motion against a slow sideways one
+    down, vert = FLOW_FEATURES.index("down_speed_peak"), FLOW_FEATURES.index("vertical_share")
+    assert fall["flow"][down] > 1.0 and abs(walk["flow"][down]) < 0.3
+    assert fall["flow"][vert] > 0.7 > walk["flow"][vert]
+    assert len(list((tmp_path / "m").glob("*.npz"))) == 2  # cached
+    again = clip_features(tmp_path / "f.mp4", height=64, cache_dir=tmp_path / "m")
+    for name in ("trajectory", "flow"):
+        np.testing.assert_array_equal(again[name], fall[name])
     with pytest.raises(ImageDecodeError):
         clip_features(tmp_path / "missing.mp4", cache_dir=tmp_path / "m")
 
@@ -400,12 +407,12 @@ def test_frozen_model_trains_predicts_and_loads_as_data(clip_set, tmp_path, cach
 
     table = from_csv(clip_set / "labels.csv")
     cfg = load_clip_config(None, ["data.size=32", "model.kind=frozen",
-                                  "model.features=mhi,trajectory", "sampling.eval_frames=8",
+                                  "model.features=mhi,trajectory,flow", "sampling.eval_frames=8",
                                   "sampling.pool=8"])
     res = fit(cfg, table, tmp_path / "run")
     assert res.classes == ["adl", "fall"] and (tmp_path / "run" / "model.pt").is_file()
     model, cfg2, classes = load_model(tmp_path / "run")
-    assert model.kind == "frozen" and classes == ["adl", "fall"] and set(model.heads) == {"mhi", "trajectory"}
+    assert model.kind == "frozen" and classes == ["adl", "fall"] and set(model.heads) == {"mhi", "trajectory", "flow"}
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 100)
     clips = list(table["clip"]) + [str(bad)]
@@ -422,6 +429,15 @@ def test_frozen_model_trains_predicts_and_loads_as_data(clip_set, tmp_path, cach
     assert len(tl) >= 2 and np.allclose(tl[["p_adl", "p_fall"]].sum(axis=1), 1, atol=1e-5)
     with pytest.raises(ConfigError):
         load_clip_config(None, ["model.kind=frozen", "model.features=mhi,colour"])
+    # auto: the fusion is chosen by grouped CV on the training clips and saved with the heads
+    auto_cfg = load_clip_config(None, ["data.size=32", "model.kind=frozen", "model.features=auto",
+                                       "sampling.eval_frames=8", "sampling.pool=8"])
+    res = fit(auto_cfg, table, tmp_path / "auto")
+    chosen = res.history[0]["features"].split(",")
+    m3, _, _ = load_model(tmp_path / "auto")
+    assert chosen and set(chosen) <= {"mhi", "flow", "trajectory"} and m3.sets == chosen
+    assert set(m3.heads) == set(chosen) and len(m3.selection) == 7  # every non-empty subset scored
+    assert max(m3.selection.values()) == m3.selection["+".join(chosen)]
     from facelab.errors import CheckpointError as CkErr
 
     with pytest.raises(CkErr, match="another config"):  # a frozen refit does not overwrite

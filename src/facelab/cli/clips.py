@@ -62,6 +62,9 @@ def train_cmd(
               else f"train accuracy {last.get('train_acc', float('nan')):.3f}")
     typer.echo(f"trained on {len(table) - len(res.skipped)} clips ({', '.join(res.classes)}), "
                f"{fitted}, {res.train_clips_per_s:.1f} train clips/s")
+    if cfg.model.kind == "frozen":
+        typer.echo(f"feature sets: {last.get('features', cfg.model.features)}"
+                   + (" (chosen by grouped CV on the training clips)" if cfg.model.features == "auto" else ""))
     if res.skipped:
         typer.secho(f"{len(res.skipped)} clip(s) not decodable, listed in {out / 'skipped.csv'}",
                     fg=typer.colors.YELLOW, err=True)

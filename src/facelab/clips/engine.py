@@ -185,11 +185,12 @@ def _fit_frozen(cfg: ClipConfig, table: pd.DataFrame, out: Path, progress: bool,
     classes, y = _classes(table)
     feats = {k: v[ok] for k, v in feats.items()}
     model = FrozenClipModel(cfg, classes)
-    model.fit(feats, y)
+    model.fit(feats, y, table["group"].to_numpy() if "group" in table else None)
     dt = time.perf_counter() - t0
     cfg.save(out / "config.yaml")
     train_acc = float((model.proba(feats).argmax(1) == y).mean())
-    history = [{"epoch": 0, "train_acc": train_acc, "clips_per_s": len(table) / dt}]
+    history = [{"epoch": 0, "train_acc": train_acc, "clips_per_s": len(table) / dt,
+                "features": ",".join(model.sets)}]
     pd.DataFrame(history).to_csv(out / "log.csv", index=False)
     with atomic_path(out / "model.pt", ".pt") as tmp:
         torch.save({"format": FORMAT, **model.checkpoint()}, tmp)

@@ -6,10 +6,15 @@ CPU and cannot memorise a room.
   `sampling.eval_frames` frames (the issue's plain baseline);
 - `mhi`: the same backbone's features of the clip's motion image (facelab.clips.motion:
   frame differences colour-coded by time; the room disappears);
-- `trajectory`: the silhouette trajectory's 11 numbers (facelab.clips.motion.FEATURES).
+- `trajectory`: the silhouette trajectory's 11 numbers (facelab.clips.motion.FEATURES);
+- `flow`: 8 optical-flow numbers of the moving pixels (facelab.clips.motion.FLOW_FEATURES),
+  from the same 10 fps decode as the trajectory.
 One standardised logistic regression (C = `model.C`) is fitted per set; the model's
 probabilities are the mean of the sets' probabilities (late fusion: no set can drown the
-others by its dimension). The heads are stored as plain tensors, so model.pt loads with
+others by its dimension). `model.features: auto` chooses the fusion at fit time: every
+non-empty subset of mhi / flow / trajectory is scored by grouped CV on the training clips
+alone (out-of-fold macro F1; ties go to fewer sets), so nothing is chosen on clips that are
+scored later. The heads are stored as plain tensors, so model.pt loads with
 `weights_only=True`.
 """
 
@@ -24,7 +29,7 @@ import torch
 
 from facelab.clips.config import ClipConfig
 from facelab.clips.crop import apply_crop
-from facelab.clips.motion import clip_features, motion_image
+from facelab.clips.motion import MOTION_SETS, clip_features, motion_image
 from facelab.clips.video import FrameCache, load_stacks, progress_bar
 from facelab.errors import ConfigError, DataFormatError, ImageDecodeError
 
@@ -84,6 +89,7 @@ class FrozenClipModel:
     def __init__(self, cfg: ClipConfig, classes: list[str], heads: dict[str, LinearHead] | None = None):
         self.cfg, self.classes, self.sets = cfg, list(classes), cfg.model.feature_sets()
         self.heads = heads or {}
+        self.selection: dict[str, float] = {}  # auto: inner-CV macro F1 per candidate fusion
         self._backbone = None
 
     @property
@@ -132,17 +138,19 @@ class FrozenClipModel:
         feats: dict[str, list] = {s: [None] * len(clips) for s in self.sets}
         failed = dict(bad)
         t0 = time.perf_counter()
-        if "trajectory" in self.sets:
-            done: dict[str, np.ndarray] = {}  # a clip listed twice is decoded once
+        motion_sets = [s for s in self.sets if s in MOTION_SETS]
+        if motion_sets:
+            done: dict[str, dict] = {}  # a clip listed twice is decoded once
             with progress_bar(progress) as bar:
-                task = bar.add_task("trajectories", total=len(clips))
+                task = bar.add_task("motion cues", total=len(clips))
                 for i, clip in enumerate(clips):
                     if clip in stacks and clip not in failed:
                         try:
                             if clip not in done:  # beside the frame cache, in the same folder
                                 done[clip] = clip_features(clip, cache_dir=cache.root / "motion",
                                                            use_cache=cache.enabled)
-                            feats["trajectory"][i] = done[clip]
+                            for name in motion_sets:
+                                feats[name][i] = done[clip][name]
                         except ImageDecodeError as exc:
                             failed[clip] = str(exc)
                             bad.append((clip, str(exc)))
@@ -161,7 +169,11 @@ class FrozenClipModel:
             out[name] = np.stack([r if r is not None else np.full(d, np.nan, np.float32) for r in rows])
         return out, bad, speed
 
-    def fit(self, feats: dict[str, np.ndarray], y: np.ndarray) -> None:
+    def fit(self, feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None = None) -> None:
+        """One head per set; with `model.features: auto`, the sets are first chosen by
+        grouped CV on these clips (`groups`: one label per clip; None = each clip its own)."""
+        if self.cfg.model.features.strip() == "auto":
+            self.sets, self.selection = choose_sets(feats, y, groups, self.n_classes, self.cfg.model.C)
         self.heads = {s: LinearHead.fit(feats[s], y, self.n_classes, self.cfg.model.C) for s in self.sets}
 
     def proba(self, feats: dict[str, np.ndarray]) -> np.ndarray:
@@ -169,11 +181,12 @@ class FrozenClipModel:
         return np.mean([self.heads[s].proba(feats[s]) for s in self.sets], axis=0).astype(np.float32)
 
     def check_windows(self) -> None:
-        """Raise ConfigError unless the model can score frame windows: the trajectory set
-        needs the whole clip's own decode."""
-        if "trajectory" in self.sets:
-            raise ConfigError("a frozen model with the trajectory feature set scores whole clips "
-                              "only; train one with model.features=mhi[,appearance] for --timeline")
+        """Raise ConfigError unless the model can score frame windows: the trajectory and
+        flow sets need the whole clip's own decode."""
+        whole = [s for s in self.sets if s in MOTION_SETS]
+        if whole:
+            raise ConfigError(f"a frozen model with the {'/'.join(whole)} feature set scores whole "
+                              "clips only; train one with model.features=mhi[,appearance] for --timeline")
 
     def score_frames(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B, k, H, W, 3) -> probabilities (B, C), for sliding windows."""
@@ -182,6 +195,7 @@ class FrozenClipModel:
 
     def checkpoint(self) -> dict:
         return {"kind": self.kind, "classes": self.classes, "config": self.cfg.to_dict(),
+                "sets": list(self.sets), "selection": dict(self.selection),
                 "heads": {s: h.state() for s, h in self.heads.items()}}
 
     @classmethod
@@ -190,9 +204,56 @@ class FrozenClipModel:
         if not isinstance(heads, dict):
             raise DataFormatError(f"{where}: a frozen clip model without heads")
         model = cls(cfg, ck["classes"], {s: LinearHead.from_state(h) for s, h in heads.items()})
+        if cfg.model.features.strip() == "auto":  # the sets the fit chose
+            model.sets = [str(s) for s in ck.get("sets", [])]
+            model.selection = dict(ck.get("selection", {}))
         if set(model.heads) != set(model.sets):
             raise DataFormatError(f"{where}: heads {sorted(model.heads)} do not match "
                                   f"model.features {model.sets}")
         if set(model.sets) & {"appearance", "mhi"}:
             model.backbone()  # now, so missing weights fail at load time, not on the first clip
         return model
+
+
+def choose_sets(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None,
+                n_classes: int, c: float, folds: int = 4) -> tuple[list[str], dict[str, float]]:
+    """The fusion of AUTO_SETS with the best out-of-fold macro F1 in grouped k-fold CV on
+    these clips, and every candidate's score ({"mhi+flow": 0.9, ...}). Folds whose
+    training part lacks a class are skipped (their clips are not scored).
+
+    Example:
+        >>> rng = np.random.default_rng(0); y = np.repeat([0, 1], 20)
+        >>> f = {"mhi": rng.normal(size=(40, 3)), "trajectory": rng.normal(size=(40, 2)),
+        ...      "flow": y[:, None] + 0.1 * rng.normal(size=(40, 2))}
+        >>> choose_sets(f, y, np.arange(40) % 8, 2, 1.0)[0]
+        ['flow']
+    """
+    from itertools import combinations
+
+    from sklearn.model_selection import GroupKFold
+
+    from facelab.clips.config import AUTO_SETS
+    from facelab.clips.folds import present_macro_f1
+
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    k = min(folds, len(np.unique(groups)))
+    if k < 2:
+        raise DataFormatError("model.features: auto needs clips of at least 2 groups to choose by CV")
+    oof = {s: np.full((len(y), n_classes), np.nan) for s in AUTO_SETS}
+    for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(y)), y, groups):
+        if len(np.unique(y[tr])) < n_classes:
+            continue
+        for s in AUTO_SETS:
+            oof[s][te] = LinearHead.fit(feats[s][tr], y[tr], n_classes, c).proba(feats[s][te])
+    scored = ~np.isnan(oof[AUTO_SETS[0]]).any(1)
+    if not scored.any():
+        raise DataFormatError("model.features: auto: no CV fold's training clips cover every class")
+    scores: dict[str, float] = {}
+    best: tuple[str, ...] = ()
+    for r in range(1, len(AUTO_SETS) + 1):
+        for combo in combinations(AUTO_SETS, r):
+            p = np.mean([oof[s][scored] for s in combo], axis=0)
+            scores["+".join(combo)] = present_macro_f1(y[scored], p.argmax(1), n_classes)
+            if not best or scores["+".join(combo)] > scores["+".join(best)]:
+                best = combo
+    return list(best), scores

@@ -1,5 +1,6 @@
-"""Motion cues that do not depend on the room: a clip's motion image and its silhouette
-trajectory.
+"""Motion cues that do not depend on the room: a clip's motion image, its silhouette
+trajectory and the optical flow of what moves (FLOW_FEATURES, `flow_features`: speeds in
+person heights per second, no background model).
 
 Motion image (`motion_image`): the frame differences of a clip's sampled frames, scaled by
 their 99.5th percentile, with the largest difference of the first, middle and last third
@@ -38,7 +39,7 @@ from facelab.errors import ImageDecodeError
 from facelab.io.atomic import atomic_path
 from facelab.paths import cache_root
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: trajectory and flow sets cached together (.npz)
 # differences are scaled by their 99.5th percentile, but never by less than this many grey
 # levels: a still clip's compression noise is not blown up into full-scale "motion"
 MIN_MOTION_SCALE = 8.0
@@ -55,6 +56,19 @@ FEATURES = (
     "motion_burst",      # peak frame-difference energy over its median
     "still_after_drop",  # frame-difference energy in the 1 s after the largest drop, / peak
 )
+# optical flow of the moving pixels (Farneback, same decoded frames), speeds in person
+# heights per second: no background model, so a body lying still cannot vanish into it
+FLOW_FEATURES = (
+    "down_speed_peak",     # fastest mean downward motion of the moving pixels
+    "up_speed_peak",       # fastest mean upward motion
+    "down_shift_1s",       # largest downward displacement within 1 s, in heights
+    "speed_peak",          # fastest mean motion in any direction
+    "down_share_at_peak",  # downward component / speed at the fastest frame
+    "vertical_share",      # |vy| / (|vx| + |vy|) over the clip, weighted by moving share
+    "peak_over_typical",   # fastest speed / median speed of the frames that move
+    "still_after_down",    # moving share in the 1 s after the downward peak / its maximum
+)
+FLOW_MIN_PX = 1.0  # pixels per decoded frame (at 120 px high) below which a pixel is still
 
 
 def motion_image(frames: np.ndarray) -> np.ndarray:
@@ -150,10 +164,9 @@ def trajectory_features(track: dict[str, np.ndarray], times: np.ndarray) -> np.n
     n = len(times)
     dt = float(np.median(np.diff(times))) if n > 1 else 0.1
     per_s = max(1, round(1.0 / max(dt, 1e-3)))
-    valid = np.isfinite(track["height"])
-    if valid.sum() < 2:
+    if np.isfinite(track["height"]).sum() < 2:
         return np.zeros(len(FEATURES), np.float32)
-    scale = max(float(np.percentile(track["height"][valid], 90)), 0.05)
+    scale = person_scale(track)
     top = _median3(_fill(track["top"])) / scale
     centre = _median3(_fill(track["centre"])) / scale
     height = _median3(_fill(track["height"]))
@@ -179,33 +192,96 @@ def trajectory_features(track: dict[str, np.ndarray], times: np.ndarray) -> np.n
     return np.nan_to_num(np.asarray(feats, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def person_scale(track: dict[str, np.ndarray]) -> float:
+    """The person's height in frame heights: the 90th percentile of the silhouette box's
+    height over the clip (0.5 when no frame has a silhouette)."""
+    valid = np.isfinite(track["height"])
+    if valid.sum() < 2:
+        return 0.5
+    return max(float(np.percentile(track["height"][valid], 90)), 0.05)
+
+
+def flow_features(grey: np.ndarray, times: np.ndarray, scale: float, min_share: float = 0.002) -> np.ndarray:
+    """FLOW_FEATURES of uint8 frames (T, H, W) at `times` (s); `scale` is the person's height
+    in frame heights (person_scale), so speeds come out in person heights per second.
+
+    Example:
+        >>> g = np.zeros((12, 60, 60), np.uint8)
+        >>> for t in range(12): g[t, 4 * t:4 * t + 12, 20:40] = 200  # a block falling 4 px/frame
+        >>> f = flow_features(g, np.arange(12) / 10, scale=0.2)
+        >>> bool(f[FLOW_FEATURES.index("down_speed_peak")] > 1.0)
+        True
+    """
+    import cv2
+
+    n, h = len(grey), grey.shape[1]
+    if n < 3:
+        return np.zeros(len(FLOW_FEATURES), np.float32)
+    dt = float(np.median(np.diff(times))) or 0.1
+    per_s = max(1, round(1.0 / max(dt, 1e-3)))
+    to_heights = 1.0 / (dt * scale * h)  # px per frame -> person heights per second
+    vy, vx, speed, share = (np.zeros(n - 1) for _ in range(4))
+    for t in range(n - 1):
+        flow = cv2.calcOpticalFlowFarneback(grey[t], grey[t + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        mag = np.hypot(flow[..., 0], flow[..., 1])
+        moving = mag > FLOW_MIN_PX
+        share[t] = moving.mean()
+        if share[t] >= min_share:
+            vx[t], vy[t] = flow[..., 0][moving].mean(), flow[..., 1][moving].mean()
+            speed[t] = mag[moving].mean()
+    vy, vx, speed = (_median3(v) * to_heights for v in (vy, vx, speed))
+    moves = share >= min_share
+    if not moves.any():
+        return np.zeros(len(FLOW_FEATURES), np.float32)
+    fastest, down_at = int(np.argmax(speed)), int(np.argmax(vy))
+    down_shift, _ = _max_drop(np.concatenate([[0.0], np.cumsum(vy * dt)]), per_s)
+    w = share / share.sum()
+    after = share[down_at + 1:down_at + 1 + per_s]
+    feats = [
+        float(vy.max()), float((-vy).max()), down_shift, float(speed[fastest]),
+        float(vy[fastest] / max(speed[fastest], 1e-6)),
+        float((w * np.abs(vy)).sum() / max((w * (np.abs(vx) + np.abs(vy))).sum(), 1e-6)),
+        float(speed[fastest] / max(float(np.median(speed[moves])), 1e-6)),
+        (float(after.mean()) if len(after) else 0.0) / max(float(share.max()), 1e-6),
+    ]
+    return np.nan_to_num(np.asarray(feats, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _key(path: Path, height: int, fps: float) -> str:
     st = path.stat()
-    ident = (f"motion-v{CACHE_VERSION}|{','.join(FEATURES)}|{path.resolve()}|{st.st_size}|"
+    ident = (f"motion-v{CACHE_VERSION}|{','.join(FEATURES)}|{','.join(FLOW_FEATURES)}|{FLOW_MIN_PX}|"
+             f"{path.resolve()}|{st.st_size}|"
              f"{st.st_mtime_ns}|{height}|{fps}")
     return hashlib.sha1(ident.encode()).hexdigest()
 
 
+MOTION_SETS = {"trajectory": FEATURES, "flow": FLOW_FEATURES}
+
+
 def clip_features(path: str | Path, height: int = 120, fps: float = 10.0,
-                  cache_dir: str | Path | None = None, use_cache: bool = True) -> np.ndarray:
-    """FEATURES of a clip, cached on disk (keyed by the clip's path, size, mtime and the
-    decode settings; written atomically). Raises ImageDecodeError for a bad clip."""
+                  cache_dir: str | Path | None = None, use_cache: bool = True) -> dict[str, np.ndarray]:
+    """The clip's motion sets from one decode, {"trajectory": FEATURES, "flow": FLOW_FEATURES},
+    cached on disk (keyed by the clip's path, size, mtime and the decode settings; written
+    atomically). Raises ImageDecodeError for a bad clip."""
     path = Path(path)
     if not path.is_file():
         raise ImageDecodeError(f"clip {path} not found")
     # default: beside the frame cache's default root, as FrozenClipModel puts it
     root = Path(cache_dir) if cache_dir else cache_root() / "clips" / "motion"
-    entry = root / f"{_key(path, height, fps)}.npy"
+    entry = root / f"{_key(path, height, fps)}.npz"
     if use_cache and entry.is_file():
         try:
-            feats = np.load(entry)
-            if feats.shape == (len(FEATURES),):
+            with np.load(entry) as z:
+                feats = {k: z[k] for k in MOTION_SETS if k in z.files}
+            if all(feats.get(k) is not None and feats[k].shape == (len(v),) for k, v in MOTION_SETS.items()):
                 return feats
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):
             pass  # damaged entry: compute again
     grey, times = decode_grey(path, height, fps)
-    feats = trajectory_features(silhouette_track(grey), times)
+    track = silhouette_track(grey)
+    feats = {"trajectory": trajectory_features(track, times),
+             "flow": flow_features(grey, times, person_scale(track))}
     if use_cache:
-        with atomic_path(entry, ".npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, feats)
+        with atomic_path(entry, ".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **feats)
     return feats

@@ -150,5 +150,5 @@ class ClipOut(BaseModel):
     probability: float = Field(description="its probability")
     probabilities: dict[str, float] = Field(description="every class of the model, summing to 1")
     frames_used: int = Field(description="segment-centre frames sampled from the clip (a frozen "
-                             "model with the trajectory set also reads the whole clip at 10 fps)")
+                             "model with the trajectory or flow set also reads the whole clip at 10 fps)")
     seconds: float = Field(description="decode + model time")
