@@ -31,10 +31,11 @@ these folds):
   whatever --sizes says; its speed includes that decode); `app`, features of the middle
   of the 16 frames; `flow`, 8 optical-flow numbers of the moving pixels in person heights
   per second (facelab.clips.motion.FLOW_FEATURES, Farneback on the trajectory's decode;
-  added 2026-12-01 after the other sets, settings fixed before its first run). frozen-mhi-traj
-  is configs/clips_motion.yaml. frozen-auto (`model.features: auto`) chooses the fusion of
+  added 2026-12-01 after the other sets, settings fixed before its first run).
+  frozen-mhi-flow-traj is configs/clips_motion.yaml (frozen-mhi-traj was, before flow). frozen-auto (`model.features: auto`) chooses the fusion of
   mhi / flow / trajectory per fit by grouped 4-fold CV on that fit's training clips only
-  (nested: the scored clips never choose), and the table is followed by what it chose. These were designed after the rows above had shown that
+  (nested: the scored clips never choose), and the table is followed by what it chose;
+  its speeds count only the chosen sets (the fit extracted all three). These were designed after the rows above had shown that
   whole-frame models do not transfer across data sets; their settings were fixed before
   their first run on these clips and every variant run is a row here (none dropped);
   `+mcrop` cuts the frames to the motion box first (the motion image then shows the body
@@ -155,7 +156,8 @@ def frozen_cfg(sets: str, size: int, crop: str = "none"):
 
 class FrozenFeatures:
     """Every frozen feature set of every clip, once per size, and each set's extraction
-    speed (clips/s on decoded frames; for `trajectory`, on frames decoded at 10 fps)."""
+    speed (clips/s on decoded frames; for `trajectory` and `flow`, on frames decoded at 10 fps,
+    that decode included)."""
 
     def __init__(self, clips: list[str], size: int, cache: FrameCache, crop: str = "none"):
         model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory,flow", size, crop), [])

@@ -18,7 +18,8 @@ Methods: baseline-mid (frozen ImageNet MobileNetV2 features of the window's midd
 logistic regression, C=1), 2d-1f (MobileNetV2 fine-tuned on one random frame per clip, as in
 benchmarks/clips.py), optionally 2d-k8 (8 frames per window) and frozen-mhi (frozen MobileNetV2
 features of the motion image of 16 frames + logistic regression, facelab.clips.frozen; trained
-on whole clips, applied to each window's 16 frames; the trajectory set needs whole clips).
+on whole clips, applied to each window's 16 frames; the trajectory and flow sets need whole
+clips).
 Intervals: recall 95% Wilson; false alarms per minute 95% exact Poisson (Garwood).
 
     FACELAB_DATA=../shared/data .venv/bin/python benchmarks/clips_events.py [--methods ...]

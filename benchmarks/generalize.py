@@ -36,13 +36,21 @@ Configs (a priori, chosen from the evidence in issue 14, not tuned on these figu
   masked close-ups draw the same share of each epoch, so the close-ups cannot drown the
   crowd crops' framing).
 
+``--detect-crop`` (a lever for every config of the invocation): UTKFace's photos (training
+and held-out faces) and RMFD's photos are cropped by the default detector
+(``ssd-mbv2-onnx>center``, the data's margin 0.2), as a deployment crop is, instead of used
+whole; the face-mask crops keep their annotated boxes (which that detector was trained to
+reproduce). The seeds' crop-before-train trick: every source framed alike at train and test
+time. It changes the data config, so give it an ``--out`` of its own. Configs that train on
+a masked copy of UTKFace (rendered whole photos) are refused with it.
+
 Splits: the face-mask crops keep the main job's person-level split (train/val train,
 test scores). UTKFace rows are split by position (the same faces in the photo and the
 masked copy): 10% validation (choosing the epoch where the config does), the rest training,
 optionally subsampled (``--utk-train N``, the same faces for every config). RMFD is never
 trained on.
 
-    FACELAB_DATA=../shared/data python benchmarks/generalize.py [--races asian black]
+    FACELAB_DATA=../shared/data python benchmarks/generalize.py [--races asian black] [--detect-crop]
         [--configs main-job candidate plain] [--utk-train 2000] [--out runs/generalize]
 
 The run resumes: finished fits and their predictions are reused from --out.
@@ -78,6 +86,8 @@ from plain_baseline import PLAIN  # noqa: E402
 RACES = ("white", "black", "asian", "indian", "others")
 MASK_SRC, UTK_SRC, MASKED_SRC, RMFD_SRC = "face-mask-detection", "utkface", "utkface-masked", "rmfd"
 NOSE_SRC = "utkface-masked-nose"
+# --detect-crop: the default detector (facelab.detect.base.DEFAULT_DETECTOR), centre fallback
+DETECTOR = "ssd-mbv2-onnx>center"
 # the real "incorrect" crops are almost all masks below the nose (docs/masks.md's renderer
 # check), while "incorrect" renders are a third each below the nose, mouth uncovered, on chin
 NOSE_WEARS = {"correct": 0.35, "below_nose": 0.15, "none": 0.5}
@@ -240,6 +250,8 @@ def main() -> int:
     ap.add_argument("--utk-train", type=int, default=0,
                     help="UTKFace training faces per held-out race (0: all that are not held out)")
     ap.add_argument("--render-seed", type=int, default=0)
+    ap.add_argument("--detect-crop", action="store_true",
+                    help=f"crop UTKFace's and RMFD's photos with {DETECTOR} (train and test)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every fit")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalize"))
@@ -251,16 +263,24 @@ def main() -> int:
     if missing:
         print(f"SKIP: {missing}")
         return 0
+    masked_trained = [c for c in args.configs if c in ("candidate", "plain-multitask") or c.startswith("masked")]
+    if args.detect_crop and masked_trained:
+        print(f"--detect-crop crops UTKFace's and RMFD's photos only; {masked_trained} train on the "
+              "masked copy's whole photos, so they would not be framed alike: run them without it")
+        return 2
     out = Path(args.out)
     t_start = time.perf_counter()
     base = load_config(args.config, [f"seed={args.seed}", *args.set])
     mask_spec = next(s for s in base.data.sources if s.kind == "boxes")
+    photo_crop = "detect" if args.detect_crop else "auto"
+    if args.detect_crop:
+        base.data.detector = DETECTOR
     base.data.sources = [
         mask_spec,
-        SourceSpec("labels", str(data_root() / "utkface" / "labels.csv"), UTK_SRC),
+        SourceSpec("labels", str(data_root() / "utkface" / "labels.csv"), UTK_SRC, crop=photo_crop),
         SourceSpec("labels", str(masked_utkface(args.render_seed)), MASKED_SRC),
         SourceSpec("labels", str(rmfd_labels(out)), RMFD_SRC,
-                   image_root=str(data_root() / "rmfd-masked-faces")),
+                   image_root=str(data_root() / "rmfd-masked-faces"), crop=photo_crop),
     ]
     if any(c.startswith("masked-nose") for c in args.configs):
         base.data.sources.append(SourceSpec("labels", str(masked_utkface_nose(args.render_seed)), NOSE_SRC))
@@ -353,7 +373,7 @@ def main() -> int:
     print(f"\nGeneralization (held-out races: {', '.join(args.races)}; UTKFace training faces per "
           f"race: {args.utk_train or 'all'}; seed {args.seed}; {args.n_boot} bootstrap resamples; "
           f"{len(mask_idx)} mask test crops, {int((y_mask == 1).sum())} 'incorrect'; "
-          f"{len(rmfd_idx)} RMFD photos)")
+          f"{len(rmfd_idx)} RMFD photos{'; photos cropped by ' + DETECTOR if args.detect_crop else ''})")
     print(report.to_string(index=False))
     print("\ntraining images/s and wall s per fit:")
     for name, items in timing.items():

@@ -376,6 +376,17 @@ def test_motion_features_tell_a_drop_from_a_walk(tmp_path):
         np.testing.assert_array_equal(again[name], fall[name])
     with pytest.raises(ImageDecodeError):
         clip_features(tmp_path / "missing.mp4", cache_dir=tmp_path / "m")
+    # only the sets asked for are computed; a later call adds the other to the same entry
+    only = clip_features(tmp_path / "f.mp4", height=64, cache_dir=tmp_path / "m2", sets=("trajectory",))
+    assert set(only) == {"trajectory"}
+    with np.load(next((tmp_path / "m2").glob("*.npz"))) as z:
+        assert z.files == ["trajectory"]
+    both = clip_features(tmp_path / "f.mp4", height=64, cache_dir=tmp_path / "m2")
+    np.testing.assert_array_equal(both["flow"], fall["flow"])
+    # a damaged entry is computed again, not an error
+    next((tmp_path / "m2").glob("*.npz")).write_bytes(b"PK\x03\x04broken")
+    np.testing.assert_array_equal(clip_features(tmp_path / "f.mp4", height=64,
+                                                cache_dir=tmp_path / "m2")["flow"], fall["flow"])
 
 
 def test_linear_head_matches_sklearn():

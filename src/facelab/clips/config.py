@@ -61,9 +61,11 @@ class ClipModelConfig:
         features: frozen only, a comma list of `appearance` (backbone features of the middle
             frame), `mhi` (backbone features of the clip's motion image), `trajectory`
             (the moving silhouette's box over time: 11 camera-independent numbers) and
-            `flow` (optical flow of the moving pixels: 8 numbers in person heights per s);
-            or `auto`: the subset of mhi / flow / trajectory with the best macro F1 in
-            grouped CV on the training clips (by `group`), chosen at fit time.
+            `flow` (optical flow of the moving pixels: 8 numbers, speeds in person heights
+            per s, shares and ratios); or `auto`: the subset of mhi / flow / trajectory
+            with the best macro F1 in grouped CV on the training clips (by `group`), chosen
+            at fit time (mhi is a candidate, so `auto` needs what mhi needs: ImageNet
+            weights and sampling.eval_frames >= 2).
         C: frozen only, inverse L2 strength of the logistic regressions.
     """
 

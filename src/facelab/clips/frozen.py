@@ -148,7 +148,8 @@ class FrozenClipModel:
                         try:
                             if clip not in done:  # beside the frame cache, in the same folder
                                 done[clip] = clip_features(clip, cache_dir=cache.root / "motion",
-                                                           use_cache=cache.enabled)
+                                                           use_cache=cache.enabled,
+                                                           sets=tuple(motion_sets))
                             for name in motion_sets:
                                 feats[name][i] = done[clip][name]
                         except ImageDecodeError as exc:
@@ -230,7 +231,7 @@ def choose_sets(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray 
     """
     from itertools import combinations
 
-    from sklearn.model_selection import GroupKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     from facelab.clips.config import AUTO_SETS
     from facelab.clips.folds import present_macro_f1
@@ -240,7 +241,8 @@ def choose_sets(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray 
     if k < 2:
         raise DataFormatError("model.features: auto needs clips of at least 2 groups to choose by CV")
     oof = {s: np.full((len(y), n_classes), np.nan) for s in AUTO_SETS}
-    for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(y)), y, groups):
+    # stratified: with few groups per class, plain group folds can leave a class out of training
+    for tr, te in StratifiedGroupKFold(n_splits=k).split(np.zeros(len(y)), y, groups):
         if len(np.unique(y[tr])) < n_classes:
             continue
         for s in AUTO_SETS:

@@ -68,7 +68,7 @@ FLOW_FEATURES = (
     "peak_over_typical",   # fastest speed / median speed of the frames that move
     "still_after_down",    # moving share in the 1 s after the downward peak / its maximum
 )
-FLOW_MIN_PX = 1.0  # pixels per decoded frame (at 120 px high) below which a pixel is still
+FLOW_MIN_PX = 1.0  # pixels per decoded frame at 120 px high (scaled with the height) below which a pixel is still
 
 
 def motion_image(frames: np.ndarray) -> np.ndarray:
@@ -224,7 +224,7 @@ def flow_features(grey: np.ndarray, times: np.ndarray, scale: float, min_share: 
     for t in range(n - 1):
         flow = cv2.calcOpticalFlowFarneback(grey[t], grey[t + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
         mag = np.hypot(flow[..., 0], flow[..., 1])
-        moving = mag > FLOW_MIN_PX
+        moving = mag > FLOW_MIN_PX * h / 120
         share[t] = moving.mean()
         if share[t] >= min_share:
             vx[t], vy[t] = flow[..., 0][moving].mean(), flow[..., 1][moving].mean()
@@ -259,29 +259,40 @@ MOTION_SETS = {"trajectory": FEATURES, "flow": FLOW_FEATURES}
 
 
 def clip_features(path: str | Path, height: int = 120, fps: float = 10.0,
-                  cache_dir: str | Path | None = None, use_cache: bool = True) -> dict[str, np.ndarray]:
-    """The clip's motion sets from one decode, {"trajectory": FEATURES, "flow": FLOW_FEATURES},
-    cached on disk (keyed by the clip's path, size, mtime and the decode settings; written
-    atomically). Raises ImageDecodeError for a bad clip."""
+                  cache_dir: str | Path | None = None, use_cache: bool = True,
+                  sets: tuple[str, ...] = tuple(MOTION_SETS)) -> dict[str, np.ndarray]:
+    """The clip's motion `sets` from one decode ({"trajectory": FEATURES, "flow":
+    FLOW_FEATURES}), cached on disk (keyed by the clip's path, size, mtime and the decode
+    settings; written atomically). Only the sets asked for are computed (the flow costs
+    more than the trajectory); a later call for another set adds it to the same entry.
+    Raises ImageDecodeError for a bad clip."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise ImageDecodeError(f"clip {path} not found")
+    unknown = set(sets) - set(MOTION_SETS)
+    if unknown:
+        raise ValueError(f"unknown motion sets {sorted(unknown)}; use {list(MOTION_SETS)}")
     # default: beside the frame cache's default root, as FrozenClipModel puts it
     root = Path(cache_dir) if cache_dir else cache_root() / "clips" / "motion"
     entry = root / f"{_key(path, height, fps)}.npz"
+    feats: dict[str, np.ndarray] = {}
     if use_cache and entry.is_file():
         try:
             with np.load(entry) as z:
-                feats = {k: z[k] for k in MOTION_SETS if k in z.files}
-            if all(feats.get(k) is not None and feats[k].shape == (len(v),) for k, v in MOTION_SETS.items()):
-                return feats
-        except (OSError, ValueError, KeyError):
-            pass  # damaged entry: compute again
+                feats = {k: z[k] for k in MOTION_SETS if k in z.files and z[k].shape == (len(MOTION_SETS[k]),)}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            feats = {}  # damaged entry: compute again
+        if all(k in feats for k in sets):
+            return {k: feats[k] for k in sets}
     grey, times = decode_grey(path, height, fps)
     track = silhouette_track(grey)
-    feats = {"trajectory": trajectory_features(track, times),
-             "flow": flow_features(grey, times, person_scale(track))}
+    if "trajectory" in sets:
+        feats["trajectory"] = trajectory_features(track, times)
+    if "flow" in sets:
+        feats["flow"] = flow_features(grey, times, person_scale(track))
     if use_cache:
         with atomic_path(entry, ".npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **feats)
-    return feats
+    return {k: feats[k] for k in sets}

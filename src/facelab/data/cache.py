@@ -80,43 +80,60 @@ class RowDecoder:
             )
         return self._cropper
 
-    def key(self) -> str:
-        extra = self.cropper().cache_key() if self.settings.crop == "detect" else ""
+    def key(self, detects: bool = False) -> str:
+        """The settings' cache key; `detects`: some rows crop with the detector even though
+        `crop` is not "detect" (a source's own crop mode), so its key counts too."""
+        extra = self.cropper().cache_key() if self.settings.crop == "detect" or detects else ""
         return json.dumps({**asdict(self.settings), "detector_key": extra, "v": CACHE_VERSION})
 
     def __call__(self, row: pd.Series) -> tuple[np.ndarray, str]:
         """Decode, crop and resize; returns (pixels, stage) where stage names the crop used."""
-        return self.decode(row["path"], row_box(row))
+        return self.decode(row["path"], row_box(row), crop=row_crop(row))
 
-    def decode(self, source, box=None, name: str | None = None) -> tuple[np.ndarray, str]:
-        """`__call__` for a file path or file bytes and an optional face box."""
+    def decode(self, source, box=None, name: str | None = None, crop: str | None = None) -> tuple[np.ndarray, str]:
+        """`__call__` for a file path or file bytes and an optional face box; `crop`
+        overrides the settings' crop mode (a source's own mode)."""
         s = self.settings
+        mode = crop or s.crop
         if name is None:
             name = str(source) if isinstance(source, (str, Path)) else "<image bytes>"
-        if s.crop in ("auto", "box") and box is not None or s.crop == "detect":
+        if mode in ("auto", "box") and box is not None or mode == "detect":
             image = load_image(source)
         else:  # whole image: decode JPEGs at reduced scale, the result is resized anyway
             image = load_image(source, max_side=2 * s.size)
-        return self.from_image(image, box, name=name)
+        return self.from_image(image, box, name=name, crop=mode)
 
-    def from_image(self, image: np.ndarray, box=None, name: str = "<image>") -> tuple[np.ndarray, str]:
+    def from_image(self, image: np.ndarray, box=None, name: str = "<image>",
+                   crop: str | None = None) -> tuple[np.ndarray, str]:
         """The same pixels as `__call__` for an image already in memory (RGB uint8 HxWx3) and
         an optional face box; the one code path for the cache and for in-memory inference."""
         s = self.settings
+        mode = crop or s.crop
         h, w = image.shape[:2]
         if min(h, w) < MIN_IMAGE_SIDE:
             raise ImageDecodeError(f"{name}: image is only {w}x{h} pixels, too small to hold "
                                    f"a face (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
-        if s.crop == "detect":
+        if mode == "detect":
             result = self.cropper()(image)
-            crop, stage = result.crop, result.stage
-        elif s.crop in ("auto", "box") and box is not None:
+            face, stage = result.crop, result.stage
+        elif mode in ("auto", "box") and box is not None:
             box = usable_box(box, (h, w), name)
-            crop, stage = crop_box(image, box, margin=s.margin, square=s.square), "box"
+            face, stage = crop_box(image, box, margin=s.margin, square=s.square), "box"
         else:
-            crop, stage = image, "none"
-        resized = Image.fromarray(crop).resize((s.size, s.size), Image.BILINEAR)
+            face, stage = image, "none"
+        resized = Image.fromarray(face).resize((s.size, s.size), Image.BILINEAR)
         return np.asarray(resized, dtype=np.uint8), stage
+
+
+def row_crop(row: pd.Series) -> str | None:
+    """The row's own crop mode (its source's ``crop``), or None to use the settings'."""
+    mode = row.get("crop_mode")
+    return mode if isinstance(mode, str) and mode not in ("", "auto") else None
+
+
+def detect_rows(table: pd.DataFrame) -> bool:
+    """True when some row crops with the detector by its source's own mode."""
+    return "crop_mode" in table and bool((table["crop_mode"] == "detect").any())
 
 
 def row_box(row: pd.Series):
@@ -129,14 +146,17 @@ def row_box(row: pd.Series):
 
 
 def _fingerprint(table: pd.DataFrame, decoder: RowDecoder) -> str:
-    h = hashlib.sha1(decoder.key().encode())
-    for path, *box in table[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+    h = hashlib.sha1(decoder.key(detect_rows(table)).encode())
+    modes = table["crop_mode"] if "crop_mode" in table else pd.Series([None] * len(table))
+    for (path, *box), mode in zip(table[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False), modes):
         try:
             st = os.stat(path)
             ident = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             ident = "missing"
-        h.update(f"{path}|{ident}|{box}\n".encode())
+        # a source's own crop mode joins the key only when set: other caches keep their keys
+        own = f"|{mode}" if isinstance(mode, str) and mode not in ("", "auto") else ""
+        h.update(f"{path}|{ident}|{box}{own}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -192,7 +212,7 @@ class PixelCache:
         if progress:
             progress(n - len(todo), n)
         # Detector cascades hold torch models: decode with one thread there.
-        pool = ThreadPoolExecutor(max_workers=1 if settings.crop == "detect" else workers)
+        pool = ThreadPoolExecutor(max_workers=1 if settings.crop == "detect" or detect_rows(table) else workers)
 
         def work(i: int):
             try:

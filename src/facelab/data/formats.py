@@ -51,8 +51,10 @@ class SourceSpec:
         path: the CSV file (labels/boxes) or the layout's root folder (competition).
         name: a short name for reports; defaults to the folder name.
         image_root: folder that relative image paths start from (default: the CSV's folder).
-        crop: "auto" (boxes when the table has them, else the whole image), "none",
-            "box" or "detect".
+        crop: this source's crop mode: "auto" (the config's ``data.crop``), "none",
+            "box" or "detect" (the ``data.detector`` cascade, e.g. so close-up photos are
+            framed by the same detector as deployment crops while a boxes source keeps its
+            boxes). Stored per row in the table's ``crop_mode`` column.
         limit: keep only the first N rows (quick experiments); 0 keeps all.
         render_masks: for a ``labels`` source of unmasked faces: its training and validation
             faces are swapped for a copy with one rendered mask state each, so mask, gender
@@ -259,6 +261,9 @@ def load_boxes_csv(csv: Path, name: str = "", image_root: str = "",
 
 
 
+SOURCE_CROP_MODES = ("auto", "none", "box", "detect")  # facelab.data.cache.CROP_MODES
+
+
 def load_source(spec: SourceSpec) -> pd.DataFrame:
     """Read one data set into the sample table and fill in person groups.
 
@@ -282,6 +287,9 @@ def load_source(spec: SourceSpec) -> pd.DataFrame:
             f"unknown data source kind {spec.kind!r} for {path}; "
             "use competition, competition-eval, labels or boxes"
         )
+    if spec.crop not in SOURCE_CROP_MODES:
+        raise DataFormatError(f"data source {spec.name or path}: crop {spec.crop!r} unknown; "
+                              f"use one of {SOURCE_CROP_MODES}")
     if spec.limit:
         table = table.iloc[: spec.limit].reset_index(drop=True)
     no_person = table["person"].astype(str) == ""
@@ -291,7 +299,10 @@ def load_source(spec: SourceSpec) -> pd.DataFrame:
             "md5:" + (digests[p] or p) for p in table.loc[no_person, "path"]
         ]
     table["person"] = table["source"].astype(str) + "/" + table["person"].astype(str)
-    return table[COLUMNS]
+    table = table[COLUMNS]
+    if spec.crop != "auto":  # only then: tables (and cache keys) of auto sources stay as they were
+        table = table.assign(crop_mode=spec.crop)
+    return table
 
 
 def load_sources(specs: list[SourceSpec]) -> pd.DataFrame:
