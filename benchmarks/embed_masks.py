@@ -7,6 +7,11 @@ For each model (dlib's ResNet, and every student whose weights are found: the bu
 * the same LFW pairs with a rendered mask, or a rendered accessory, on the second image;
 * RMFD masked vs unmasked (its 956 pairs, identity folds): accuracy and TAR@FAR 1%;
 * RMFD unmasked vs unmasked (800 random balanced pairs): the ceiling;
+* "both masked": the same masked-vs-clean pairs compared after a mask is rendered on the
+  clean side too (a surgical mask, worn correctly, fixed seeds: one setting, fixed before the
+  first run), so both embeddings lose the same part of the face: LFW+mask and RMFD masked vs
+  unmasked, accuracy and TAR@FAR 1%. Which RMFD side wears a mask is taken from the file
+  name (an oracle here; a deployment would ask a mask classifier);
 * parameters, and network faces/s (flip TTA included, ONNX Runtime, 2 threads) on this CPU.
 
 Every model gets the same chips: facelab's default pipeline (MTCNN box, central face,
@@ -68,6 +73,14 @@ def occluded(chips: np.ndarray, lms: np.ndarray, what: str) -> np.ndarray:
     return np.stack(out)
 
 
+def masked_copies(chips: np.ndarray, lms: np.ndarray, seed0: int = 3000) -> np.ndarray:
+    """Each chip with a surgical mask worn correctly (the "both masked" comparison)."""
+    from facelab.masks import RenderSpec, render_spec
+
+    return np.stack([render_spec(c, lm, RenderSpec("surgical", "correct", (), seed0 + k))
+                     for k, (c, lm) in enumerate(zip(chips, lms))])  # fmt: skip
+
+
 def speed(emb, chips: np.ndarray, repeats: int = 3) -> float:
     emb.embed_chips(list(chips[:8]))
     best = 0.0
@@ -104,12 +117,19 @@ def main() -> None:
     lfw_chips, lfw_lm = detect_chips(lfw_paths, lfw_root, cache / "lfw_chips.npz")
     ids = __import__("pandas").read_csv(rmfd_root / "identities.csv")
     rmfd_paths = sorted(set(rmfd.image_a) | set(rmfd.image_b) | set(ids.image))
-    rmfd_chips, _ = detect_chips(rmfd_paths, rmfd_root, cache / "rmfd_chips.npz")
+    rmfd_chips, rmfd_lm = detect_chips(rmfd_paths, rmfd_root, cache / "rmfd_chips.npz")
     lfw_ix = {p: i for i, p in enumerate(lfw_paths)}
     rmfd_ix = {p: i for i, p in enumerate(rmfd_paths)}
     b_rows = sorted({lfw_ix[p] for p in lfw.image_b})
     views = {what: occluded(lfw_chips[b_rows], lfw_lm[b_rows], what) for what in ("mask", "accessory")}
     b_pos = {r: k for k, r in enumerate(b_rows)}
+    a_rows = sorted({lfw_ix[p] for p in lfw.image_a})
+    a_pos = {r: k for k, r in enumerate(a_rows)}
+    lfw_a_masked = masked_copies(lfw_chips[a_rows], lfw_lm[a_rows])
+    # RMFD: which side of a pair is masked (file name), and the clean chips with a mask drawn
+    is_masked = np.array([Path(p).name.startswith("masked_") for p in rmfd_paths])
+    clean_rows = np.flatnonzero(~is_masked)
+    rmfd_clean_masked = masked_copies(rmfd_chips[clean_rows], rmfd_lm[clean_rows], seed0=4000)
 
     # RMFD unmasked vs unmasked: 400 genuine + 400 impostor random pairs (seed 0)
     path_id = {p: Path(p).parent.name for p in rmfd_paths}
@@ -153,6 +173,19 @@ def main() -> None:
         rb = np.array([rmfd_ix[p] for p in rmfd.image_b])
         r_mask = evaluate_distances(dist(emb, er[ra], er[rb]), rmfd["same"].to_numpy(), rmfd["fold"].to_numpy())
         r_unm = evaluate_distances(dist(emb, er[ua], er[ub]), same_u[sel].astype(int), np.arange(len(sel)) % 3)
+        # both masked: the clean side of each masked-vs-clean pair gets a rendered mask
+        ea = emb.embed_chips(list(lfw_a_masked))
+        both_lfw = evaluate_distances(dist(emb, ea[[a_pos[i] for i in ia]],
+                                           emb.embed_chips(list(views["mask"]))[[b_pos[i] for i in ib]]),
+                                      same, folds)  # fmt: skip
+        ec = emb.embed_chips(list(rmfd_clean_masked))
+        er_both = er.copy()
+        er_both[clean_rows] = ec
+        one_masked = is_masked[ra] != is_masked[rb]  # pairs with both sides masked keep their vectors
+        xa = np.where((one_masked & ~is_masked[ra])[:, None], er_both[ra], er[ra])
+        xb = np.where((one_masked & ~is_masked[rb])[:, None], er_both[rb], er[rb])
+        both_rmfd = evaluate_distances(dist(emb, xa, xb), rmfd["same"].to_numpy(), rmfd["fold"].to_numpy())
+        both = (both_lfw, both_rmfd)
         emb.prepare()
         if name == "dlib":
             from facelab.embed.dlib_torch import build_model
@@ -160,13 +193,13 @@ def main() -> None:
         else:
             params = count_parameters(load_student(emb.checkpoint)[0])
         fps = speed(emb, lfw_chips[: args.speed_chips])
-        rows.append((name, r_lfw, occ, r_mask, r_unm, params, fps))
+        rows.append((name, r_lfw, occ, r_mask, r_unm, params, fps, both))
         print(f"{name}: done in {time.perf_counter() - t0:.0f}s", flush=True)
 
     head = (f"{'model':22s} {'LFW dev':>8s} {'LFW+mask':>9s} {'LFW+acc':>8s} {'RMFD m-u':>9s} "
             f"{'TAR@1%':>7s} {'RMFD u-u':>9s} {'ratio':>6s} {'params':>10s} {'faces/s':>8s}")
     print("\n" + head)
-    for name, r_lfw, occ, r_mask, r_unm, params, fps in rows:
+    for name, r_lfw, occ, r_mask, r_unm, params, fps, _ in rows:
         print(f"{name:22s} {100 * r_lfw.accuracy:7.2f}% {100 * occ['mask'].accuracy:8.2f}% "
               f"{100 * occ['accessory'].accuracy:7.2f}% {100 * r_mask.accuracy:8.2f}% "
               f"{100 * r_mask.tar_at_far_1e2:6.1f}% {100 * r_unm.accuracy:8.2f}% "
@@ -174,6 +207,14 @@ def main() -> None:
     print("\nLFW: folds 1-3, leave-one-fold-out thresholds; LFW+mask / +acc: a rendered mask or "
           "accessory on image_b; RMFD m-u: masked vs unmasked (956 pairs); ratio = RMFD m-u / u-u; "
           "faces/s: network only (chips given), flip TTA, ONNX Runtime, this CPU.")
+    print(f"\nboth masked (a surgical mask rendered on the clean side too):\n"
+          f"{'model':22s} {'LFW+mask':>9s} {'both':>8s} {'RMFD m-u':>9s} {'both':>8s} {'TAR@1%':>7s} "
+          f"{'both':>7s} {'ratio both':>10s}")
+    for name, _, occ, r_mask, r_unm, _, _, (b_lfw, b_rmfd) in rows:
+        print(f"{name:22s} {100 * occ['mask'].accuracy:8.2f}% {100 * b_lfw.accuracy:7.2f}% "
+              f"{100 * r_mask.accuracy:8.2f}% {100 * b_rmfd.accuracy:7.2f}% "
+              f"{100 * r_mask.tar_at_far_1e2:6.1f}% {100 * b_rmfd.tar_at_far_1e2:6.1f}% "
+              f"{b_rmfd.accuracy / r_unm.accuracy:10.3f}")
 
 
 if __name__ == "__main__":
