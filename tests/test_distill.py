@@ -108,3 +108,28 @@ def test_student_embedder_refuses_missing_or_foreign_weights(tmp_path):
         load_student(tmp_path / "foreign.pt")
     with pytest.raises(ConfigError, match="give at least one chip set"):
         DistillConfig(chips=[])
+
+
+def test_frozen_dlib_blocks_stay_dlibs_and_only_the_rest_trains(tmp_path):
+    from facelab.embed.distill import freeze_dlib
+    from facelab.embed.students import build_student
+
+    with pytest.raises(ConfigError, match="only the dlib student"):
+        DistillConfig(chips=["x.npz"], student="mobilefacenet", freeze=3)
+    with pytest.raises(ConfigError, match="0..14"):
+        DistillConfig(chips=["x.npz"], student="dlib", freeze=15)
+    student = build_student("dlib")
+    freeze_dlib(student, 10)
+    trained = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith(("blocks.10.", "blocks.11.", "blocks.12.", "blocks.13.", "fc."))
+                           for n in trained)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    chips = save_chipset(_faces(24), tmp_path / "faces.npz")
+    cfg = DistillConfig(chips=[str(chips)], out=str(tmp_path / "run"), student="dlib", freeze=10,
+                        epochs=1, batch_size=8, val_pairs=20, val_identities=0.34, threads=1)
+    distill(cfg, progress=False)
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["student"]
+    assert torch.equal(state["stem.weight"], before["stem.weight"])  # frozen: exactly dlib's
+    assert torch.equal(state["blocks.9.conv2.weight"], before["blocks.9.conv2.weight"])
+    assert not torch.equal(state["fc.weight"], before["fc.weight"])  # the rest trained
+    assert "--freeze 10" in (tmp_path / "run" / "model_card.md").read_text()

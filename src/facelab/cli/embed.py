@@ -58,6 +58,7 @@ def distill_cmd(
     batch_size: Annotated[int, typer.Option(help="Faces per step.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine schedule).")] = 1e-3,
     occlusion: Annotated[float, typer.Option(help="Share of faces given a mask/accessory.")] = 0.75,
+    freeze: Annotated[int, typer.Option(help="dlib student: keep its stem and this many of its 14 residual blocks fixed (CPU-sized training; 0: train all).")] = 0,
     init: Annotated[str, typer.Option(help="Student start weights file (default: dlib / ImageNet / scratch).")] = "",
     teacher: Annotated[str, typer.Option(help="Converted dlib teacher file (default: the installed dlib weights).")] = "",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -76,7 +77,7 @@ def distill_cmd(
     from facelab.embed.distill import DistillConfig, distill
 
     cfg = DistillConfig(chips=[str(c) for c in chips], out=str(out), student=student, epochs=epochs,
-                        batch_size=batch_size, lr=lr, occlusion=occlusion, init=init, teacher=teacher,
+                        batch_size=batch_size, lr=lr, occlusion=occlusion, freeze=freeze, init=init, teacher=teacher,
                         device=device, workers=workers, time_limit=time_limit, seed=seed)
     res = distill(cfg, resume=resume)
     best = next(h for h in res["history"] if h.get("epoch") == res["best"].get("epoch") and not h.get("teacher"))

@@ -40,6 +40,7 @@ from facelab.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 FORMAT = "facelab-student-v1"
+DLIB_BLOCKS = 14  # residual blocks of dlib's network (facelab.embed.dlib_torch._BLOCKS)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class DistillConfig:
     occlusion: float = 0.75    # share of samples that get a mask and/or accessory
     mask_share: float = 0.8    # of those: a mask (else accessories only)
     accessory_prob: float = 0.25
+    freeze: int = 0            # dlib student: the stem and this many of its 14 residual blocks
+                               # kept as dlib's (no backward through them: CPU-sized training)
     jitter: float = 1.0        # scale of the geometric jitter (0 = none)
     colour: float = 1.0        # scale of the colour jitter on the student's input
     val_identities: float = 0.2  # share of lfw-train identities held out for validation
@@ -76,6 +79,9 @@ class DistillConfig:
             raise ConfigError(f"unknown student {self.student!r}; choose one of {STUDENTS}")
         if not self.chips:
             raise ConfigError("give at least one chip set (facelab embed-train chips ...)")
+        if self.freeze and (self.student != "dlib" or not 0 <= self.freeze <= DLIB_BLOCKS):
+            raise ConfigError(f"freeze={self.freeze}: only the dlib student freezes, 0..{DLIB_BLOCKS} "
+                              "of its residual blocks")
         for name in ("occlusion", "mask_share", "accessory_prob", "val_identities"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
@@ -298,16 +304,25 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def freeze_dlib(student: torch.nn.Module, n_blocks: int) -> None:
+    """Keep the dlib student's stem and first `n_blocks` residual blocks as dlib's: no
+    gradient, so backward stops above them (what makes CPU training affordable)."""
+    if n_blocks <= 0:
+        return
+    for module in (student.stem, *list(student.blocks)[:n_blocks]):
+        module.requires_grad_(False)
+
+
 def _param_groups(student: torch.nn.Module, cfg: DistillConfig) -> list[dict]:
     """Plain AdamW groups, except for the dlib student: its weights carry dlib's folded
     affines and input scaling (the stem's are ~1/256 of usual), so a fixed step size would
     wreck them at once. Each tensor's step is scaled by its own RMS (a relative step, as in
     LARS/LAMB), and there is no weight decay."""
+    trainable = [p for p in student.parameters() if p.requires_grad]
     if cfg.student != "dlib":
-        return [{"params": list(student.parameters()), "lr_scale": 1.0,
-                 "weight_decay": cfg.weight_decay}]
+        return [{"params": trainable, "lr_scale": 1.0, "weight_decay": cfg.weight_decay}]
     return [{"params": [p], "lr_scale": float(p.detach().float().pow(2).mean().sqrt().clamp_min(1e-8)),
-             "weight_decay": 0.0} for p in student.parameters()]
+             "weight_decay": 0.0} for p in trainable]
 
 
 def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -328,9 +343,11 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> 
     dev = cfg.device
     teacher = _teacher(cfg).to(dev).eval()
     student = build_student(cfg.student, cfg.init or (cfg.teacher if cfg.student == "dlib" and cfg.teacher else None)).to(dev)
+    freeze_dlib(student, cfg.freeze)
     params = count_parameters(student)
-    log.info("student %s: %d parameters; %d training faces, %d validation faces (%d pairs)",
-             cfg.student, params, len(train_cs), len(val_cs), len(pairs))
+    log.info("student %s: %d parameters (%d trained); %d training faces, %d validation faces (%d pairs)",
+             cfg.student, params, sum(p.numel() for p in student.parameters() if p.requires_grad),
+             len(train_cs), len(val_cs), len(pairs))
     ds = DistillDataset(train_cs, cfg)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
@@ -366,7 +383,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> 
                 log.info("time limit reached after %d epochs", epoch)
                 break
             ds.epoch = epoch
-            student.train()
+            student.train()  # (dlib's port has no BatchNorm or dropout: frozen blocks stay exact)
             t0, seen, run_loss = time.time(), 0, 0.0
             for s_view, c_view in loader:
                 # cosine schedule over steps or time, whichever runs out first
@@ -424,7 +441,8 @@ def write_model_card(out: Path, cfg: DistillConfig, history: list[dict], best: d
         f"- validation: pairs of {cfg.val_identities:.0%} held-out lfw-train identities "
         "(clean vs clean, rendered mask vs clean); LFW and RMFD were never used",
         f"- command: `facelab embed-train distill {' '.join(cfg.chips)} --student {cfg.student} "
-        f"--epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr} --seed {cfg.seed}`",
+        f"--epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr} --seed {cfg.seed}"
+        + (f" --freeze {cfg.freeze}" if cfg.freeze else "") + "`",
         f"- made with: torch {torch.__version__}, Python {platform.python_version()}, device {cfg.device}",
         f"- best epoch: {best.get('epoch')} (validation score {best.get('val_score', 0):.4f})", "",
         "| epoch | loss | val clean acc | val masked-vs-clean acc | faces/s (train) |",
