@@ -48,7 +48,7 @@ def init(
                                  "dlib-student, mfn-student, mbv2-student, pixels, mobilefacenet)."),
     embedder_checkpoint: Path | None = typer.Option(
         None, help="Student / mobilefacenet weights (best.pt of `facelab embed-train distill`; "
-        "none are bundled yet)."),
+        "dlib-student has bundled weights, the others need this)."),
     detector: str = typer.Option("mtcnn", help="Face detector (mtcnn, dlib-hog, dlib-cnn, haar, whole)."),
     fallback: str = typer.Option(
         "skip", help="When no face is detected: skip (no face = no face) or whole (use the whole "
@@ -259,8 +259,8 @@ def verify_eval(
     occlude_below: float | None = typer.Option(None, help="dlib: grey out the chip below this row fraction."),
     align: str = typer.Option("shape5", help="dlib chip alignment: shape5, landmarks or eyes."),
     checkpoint: Path | None = typer.Option(None, help="mobilefacenet / *-student: trained checkpoint "
-                                           "(best.pt of `facelab embed-train distill`; none are "
-                                           "bundled yet)."),
+                                           "(best.pt of `facelab embed-train distill`; dlib-student "
+                                           "has bundled weights, the others need this)."),
     plain: bool = typer.Option(False, help="Also run the plain face_recognition recipe (dlib HOG "
                                "boxes, dlib 5-point chip, dlib's C++ network, no jitter, no flip) "
                                "on the same pairs and print both."),

@@ -158,9 +158,9 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict]:
 
 
 def bundled_weights(kind: str) -> Path:
-    """Where a student checkpoint shipped with facelab lives (``facelab/weights/``); none is
-    shipped yet (issue 15: no student beat dlib on unseen people), so students need a
-    ``checkpoint``."""
+    """Where a student checkpoint shipped with facelab lives (``facelab/weights/``). Only the
+    dlib student is shipped (``dlib_student.pt``, model card beside it); the small students
+    are far from usable yet and need a ``checkpoint``."""
     name = {"dlib": "dlib_student.pt", "mobilefacenet": "mfn_student.pt",
             "mobilenetv2": "mbv2_student.pt"}[kind]
     return Path(__file__).resolve().parent.parent / "weights" / name
