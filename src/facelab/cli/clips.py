@@ -64,7 +64,7 @@ def train_cmd(
                f"{fitted}, {res.train_clips_per_s:.1f} train clips/s")
     if cfg.model.kind == "frozen":
         typer.echo(f"feature sets: {last.get('features', cfg.model.features)}"
-                   + (" (chosen by grouped CV on the training clips)" if cfg.model.features == "auto" else ""))
+                   + (" (chosen by grouped CV on the training clips)" if cfg.model.auto_features else ""))
     if res.skipped:
         typer.secho(f"{len(res.skipped)} clip(s) not decodable, listed in {out / 'skipped.csv'}",
                     fg=typer.colors.YELLOW, err=True)

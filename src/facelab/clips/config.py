@@ -79,10 +79,15 @@ class ClipModelConfig:
     features: str = "mhi,flow,trajectory"
     C: float = 1.0
 
+    @property
+    def auto_features(self) -> bool:
+        """`features: auto`: the fit chooses the sets (facelab.clips.frozen.choose_sets)."""
+        return self.features.strip() == "auto"
+
     def feature_sets(self) -> list[str]:
         """`features` as a list of names (validated by ClipConfig for kind frozen); for
         `auto`, every candidate set (the fit keeps a subset)."""
-        if self.features.strip() == "auto":
+        if self.auto_features:
             return list(AUTO_SETS)
         return [f.strip() for f in self.features.split(",") if f.strip()]
 

@@ -173,7 +173,7 @@ class FrozenClipModel:
     def fit(self, feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None = None) -> None:
         """One head per set; with `model.features: auto`, the sets are first chosen by
         grouped CV on these clips (`groups`: one label per clip; None = each clip its own)."""
-        if self.cfg.model.features.strip() == "auto":
+        if self.cfg.model.auto_features:
             self.sets, self.selection = choose_sets(feats, y, groups, self.n_classes, self.cfg.model.C)
         self.heads = {s: LinearHead.fit(feats[s], y, self.n_classes, self.cfg.model.C) for s in self.sets}
 
@@ -205,7 +205,7 @@ class FrozenClipModel:
         if not isinstance(heads, dict):
             raise DataFormatError(f"{where}: a frozen clip model without heads")
         model = cls(cfg, ck["classes"], {s: LinearHead.from_state(h) for s, h in heads.items()})
-        if cfg.model.features.strip() == "auto":  # the sets the fit chose
+        if cfg.model.auto_features:  # the sets the fit chose
             model.sets = [str(s) for s in ck.get("sets", [])]
             model.selection = dict(ck.get("selection", {}))
         if set(model.heads) != set(model.sets):
