@@ -432,6 +432,14 @@ def test_frozen_model_trains_predicts_and_loads_as_data(clip_set, tmp_path, cach
     assert (probs[:-1].argmax(1) == (table["label"] == "fall").to_numpy()).mean() >= 0.75
     with pytest.raises(ConfigError, match="whole clips"):  # trajectory needs the whole clip
         clip_scorer(model)
+    # a motion-only model decodes each clip once, itself: no frame stacks, bad clips still listed
+    fit(load_clip_config(None, ["data.size=32", "model.kind=frozen", "model.features=trajectory"]),
+        table, tmp_path / "traj")
+    m4, c4, _ = load_model(tmp_path / "traj")
+    frames = FrameCache(32, tmp_path / "frames")
+    probs4, failed4, _ = predict_clips(m4, c4, clips, cache=frames)
+    assert frames.decoded == 0 and np.isnan(probs4[-1]).all() and failed4[0][0] == str(bad)
+    assert np.isfinite(probs4[:-1]).all()
     # an mhi-only model scores sliding windows
     fit(load_clip_config(None, ["data.size=32", "model.kind=frozen", "model.features=mhi",
                                 "sampling.eval_frames=4", "sampling.pool=8"]), table, tmp_path / "mhi")

@@ -14,6 +14,7 @@ from facelab.errors import ConfigError
 
 KINDS = ("2d", "3d", "i3d", "frozen")
 FEATURE_SETS = ("appearance", "mhi", "trajectory", "flow")  # of model.kind frozen (facelab.clips.frozen)
+IMAGE_SETS = ("appearance", "mhi")  # of those, the ones the backbone computes from frame stacks
 # model.features: auto picks among the non-empty subsets of these by grouped CV on the
 # training clips; appearance is left out because within one data set the room it sees
 # helps, which is what does not carry over to other rooms
@@ -155,7 +156,7 @@ class ClipConfig:
                                   f"{FEATURE_SETS}, or auto; model.C must be > 0")
             if "mhi" in sets and s.eval_frames < 2:
                 raise ConfigError("the mhi feature set needs sampling.eval_frames >= 2 (e.g. 16)")
-            if set(sets) & {"appearance", "mhi"} and self.model.pretrained != "imagenet":
+            if set(sets) & set(IMAGE_SETS) and self.model.pretrained != "imagenet":
                 raise ConfigError("a frozen model's backbone must be pretrained: imagenet (its "
                                   "features are what the heads learn on; random or file weights "
                                   "are not stored in model.pt)")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facelab.clips.config import ClipConfig
+from facelab.clips.config import IMAGE_SETS, ClipConfig
 from facelab.clips.crop import apply_crop
 from facelab.clips.motion import MOTION_SETS, clip_features, motion_image
 from facelab.clips.video import FrameCache, load_stacks, progress_bar
@@ -107,12 +107,17 @@ class FrozenClipModel:
             self._backbone.to(memory_format=torch.channels_last)
         return self._backbone
 
+    def image_sets(self) -> list[str]:
+        """The model's sets computed from frame stacks by the backbone (the others decode
+        the clip themselves)."""
+        return [s for s in self.sets if s in IMAGE_SETS]
+
     @torch.no_grad()
     def image_features(self, stacks: np.ndarray) -> dict[str, np.ndarray]:
         """Backbone features of uint8 frame stacks (B, k, H, W, 3): `appearance` (the middle
         frame) and `mhi` (the motion image), as the model's sets ask."""
         out: dict[str, np.ndarray] = {}
-        wanted = [s for s in self.sets if s in ("appearance", "mhi")]
+        wanted = self.image_sets()
         if not wanted:
             return out
         bb = self.backbone()
@@ -134,9 +139,15 @@ class FrozenClipModel:
         (clip, reason), and clips/s of the extraction on decoded frames."""
         k, pool = self.cfg.sampling.eval_frames, self.cfg.sampling.pool
         ks = (k,) if self.cfg.data.crop == "none" else (k, pool)
-        stacks, bad = load_stacks(clips, ks, cache, progress)
+        images = bool(self.image_sets())
+        # frame stacks only feed the backbone sets: a motion-only model decodes each clip once
+        stacks, bad = load_stacks(clips, ks, cache, progress) if images else ({}, [])
         feats: dict[str, list] = {s: [None] * len(clips) for s in self.sets}
         failed = dict(bad)
+
+        def usable(clip: str) -> bool:
+            return clip not in failed and (clip in stacks or not images)
+
         t0 = time.perf_counter()
         motion_sets = [s for s in self.sets if s in MOTION_SETS]
         if motion_sets:
@@ -144,7 +155,7 @@ class FrozenClipModel:
             with progress_bar(progress) as bar:
                 task = bar.add_task("motion cues", total=len(clips))
                 for i, clip in enumerate(clips):
-                    if clip in stacks and clip not in failed:
+                    if usable(clip):
                         try:
                             if clip not in done:  # beside the frame cache, in the same folder
                                 done[clip] = clip_features(clip, cache_dir=cache.root / "motion",
@@ -156,8 +167,8 @@ class FrozenClipModel:
                             failed[clip] = str(exc)
                             bad.append((clip, str(exc)))
                     bar.advance(task)
-        ok = [i for i, c in enumerate(clips) if c in stacks and c not in failed]
-        for j in range(0, len(ok), batch):
+        ok = [i for i, c in enumerate(clips) if usable(c)]
+        for j in range(0, len(ok) if images else 0, batch):
             idx = ok[j:j + batch]
             st = np.stack([apply_crop(stacks[clips[i]], self.cfg.data.crop, pool)[k] for i in idx])
             for name, f in self.image_features(st).items():
@@ -211,7 +222,7 @@ class FrozenClipModel:
         if set(model.heads) != set(model.sets):
             raise DataFormatError(f"{where}: heads {sorted(model.heads)} do not match "
                                   f"model.features {model.sets}")
-        if set(model.sets) & {"appearance", "mhi"}:
+        if model.image_sets():
             model.backbone()  # now, so missing weights fail at load time, not on the first clip
         return model
 
