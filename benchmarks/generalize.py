@@ -76,6 +76,7 @@ from sklearn.metrics import f1_score  # noqa: E402
 
 from facelab.data.formats import SourceSpec, load_sources  # noqa: E402
 from facelab.data.labels import MISSING, TASKS  # noqa: E402
+from facelab.detect.base import DEFAULT_DETECTOR  # noqa: E402
 from facelab.data.prepare import assign_splits  # noqa: E402
 from facelab.paths import cache_root, data_root, missing_data  # noqa: E402
 from facelab.predict.run import AttributeRun  # noqa: E402
@@ -86,8 +87,7 @@ from plain_baseline import PLAIN  # noqa: E402
 RACES = ("white", "black", "asian", "indian", "others")
 MASK_SRC, UTK_SRC, MASKED_SRC, RMFD_SRC = "face-mask-detection", "utkface", "utkface-masked", "rmfd"
 NOSE_SRC = "utkface-masked-nose"
-# --detect-crop: the default detector (facelab.detect.base.DEFAULT_DETECTOR), centre fallback
-DETECTOR = "ssd-mbv2-onnx>center"
+DETECTOR = f"{DEFAULT_DETECTOR}>center"  # --detect-crop: the deployment detector, centre fallback
 # the real "incorrect" crops are almost all masks below the nose (docs/masks.md's renderer
 # check), while "incorrect" renders are a third each below the nose, mouth uncovered, on chin
 NOSE_WEARS = {"correct": 0.35, "below_nose": 0.15, "none": 0.5}
