@@ -94,12 +94,19 @@ def speed(emb, chips: np.ndarray, repeats: int = 3) -> float:
 def main() -> None:
     from facelab.distance import pairwise_distance
     from facelab.embed.dlib_resnet import DlibResNetEmbedder
-    from facelab.embed.students import StudentEmbedder, bundled_weights, load_student, count_parameters
+    from facelab.embed.students import (
+        EMBEDDER_NAME,
+        STUDENTS,
+        StudentEmbedder,
+        bundled_weights,
+        count_parameters,
+        load_student,
+    )
     from facelab.evaluate.verification import evaluate_distances, load_pairs
     from facelab.paths import cache_root, dataset_dir, missing_data
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", nargs="*", default=[], help="KIND=PATH (dlib, mobilefacenet, mobilenetv2)")
+    ap.add_argument("--checkpoint", nargs="*", default=[], help="KIND=PATH (dlib, dlib-lite, mobilefacenet, mobilenetv2)")
     ap.add_argument("--speed-chips", type=int, default=256)
     ap.add_argument("--embeddings-out", type=Path, default=None,
                     help="folder for <model>_lfw.npz (paths + vectors) for benchmarks/search_bench.py --lfw")
@@ -143,10 +150,10 @@ def main() -> None:
 
     models = {"dlib": DlibResNetEmbedder()}
     given = dict(c.split("=", 1) for c in args.checkpoint)
-    for kind in ("dlib", "mobilefacenet", "mobilenetv2"):
+    for kind in STUDENTS:
         path = Path(given.get(kind, bundled_weights(kind)))
         if path.is_file():
-            models[f"{kind}-student"] = StudentEmbedder(kind, path)
+            models[EMBEDDER_NAME[kind]] = StudentEmbedder(kind, path)
         else:
             print(f"(no {kind} student at {path}; train one with scripts/distill_students.py)")
 
@@ -197,16 +204,17 @@ def main() -> None:
         print(f"{name}: done in {time.perf_counter() - t0:.0f}s", flush=True)
 
     head = (f"{'model':22s} {'LFW dev':>8s} {'LFW+mask':>9s} {'LFW+acc':>8s} {'RMFD m-u':>9s} "
-            f"{'TAR@1%':>7s} {'RMFD u-u':>9s} {'ratio':>6s} {'params':>10s} {'faces/s':>8s}")
+            f"{'TAR@1%':>7s} {'RMFD u-u':>9s} {'ratio':>6s} {'params':>10s} {'faces/s':>8s} {'x dlib':>6s}")
     print("\n" + head)
     for name, r_lfw, occ, r_mask, r_unm, params, fps, _ in rows:
         print(f"{name:22s} {100 * r_lfw.accuracy:7.2f}% {100 * occ['mask'].accuracy:8.2f}% "
               f"{100 * occ['accessory'].accuracy:7.2f}% {100 * r_mask.accuracy:8.2f}% "
               f"{100 * r_mask.tar_at_far_1e2:6.1f}% {100 * r_unm.accuracy:8.2f}% "
-              f"{r_mask.accuracy / r_unm.accuracy:6.3f} {params:10,d} {fps:8.1f}")
+              f"{r_mask.accuracy / r_unm.accuracy:6.3f} {params:10,d} {fps:8.1f} {fps / rows[0][6]:6.2f}")
     print("\nLFW: folds 1-3, leave-one-fold-out thresholds; LFW+mask / +acc: a rendered mask or "
           "accessory on image_b; RMFD m-u: masked vs unmasked (956 pairs); ratio = RMFD m-u / u-u; "
-          "faces/s: network only (chips given), flip TTA, ONNX Runtime, this CPU.")
+          "faces/s: network only (chips given), flip TTA, ONNX Runtime, this CPU; x dlib = faces/s "
+          "over dlib's.")
     print(f"\nboth masked (a surgical mask rendered on the clean side too):\n"
           f"{'model':22s} {'LFW+mask':>9s} {'both':>8s} {'RMFD m-u':>9s} {'both':>8s} {'TAR@1%':>7s} "
           f"{'both':>7s} {'ratio both':>10s}")

@@ -114,7 +114,7 @@ def test_frozen_dlib_blocks_stay_dlibs_and_only_the_rest_trains(tmp_path):
     from facelab.embed.distill import freeze_dlib
     from facelab.embed.students import build_student
 
-    with pytest.raises(ConfigError, match="only the dlib student"):
+    with pytest.raises(ConfigError, match="only the dlib students"):
         DistillConfig(chips=["x.npz"], student="mobilefacenet", freeze=3)
     with pytest.raises(ConfigError, match="0..14"):
         DistillConfig(chips=["x.npz"], student="dlib", freeze=15)
@@ -133,3 +133,40 @@ def test_frozen_dlib_blocks_stay_dlibs_and_only_the_rest_trains(tmp_path):
     assert torch.equal(state["blocks.9.conv2.weight"], before["blocks.9.conv2.weight"])
     assert not torch.equal(state["fc.weight"], before["fc.weight"])  # the rest trained
     assert "--freeze 10" in (tmp_path / "run" / "model_card.md").read_text()
+
+
+def test_compact_dlib_student_fits_the_budget_starts_from_dlib_and_serves(tmp_path):
+    from facelab.embed.base import get_embedder
+    from facelab.embed.dlib_torch import build_model
+    from facelab.embed.students import LITE_BLOCKS, build_student, count_parameters
+
+    lite, dlib_net = build_student("dlib-lite").eval(), build_model(channels_last=False)
+    assert count_parameters(lite) <= 5_000_000 < count_parameters(dlib_net)
+    assert len(lite.blocks) == LITE_BLOCKS
+    for name, value in lite.state_dict().items():  # every kept weight is dlib's
+        assert torch.equal(value, dlib_net.state_dict()[name]), name
+    x = torch.from_numpy(_faces(2).chips)  # dlib's 150 px chips in, resized inside
+    with torch.no_grad():
+        assert lite(x).shape == (2, 128)
+    with pytest.raises(ConfigError, match="0..13"):
+        DistillConfig(chips=["x.npz"], student="dlib-lite", freeze=14)
+
+    chips = save_chipset(_faces(24), tmp_path / "faces.npz")
+    cfg = DistillConfig(chips=[str(chips)], out=str(tmp_path / "run"), student="dlib-lite",
+                        freeze=12, epochs=1, batch_size=8, val_pairs=20, val_identities=0.34,
+                        threads=1)
+    distill(cfg, progress=False)
+    best = tmp_path / "run" / "best.pt"
+    onnx = get_embedder("lite-student", checkpoint=str(best))
+    eager = get_embedder("lite-student", checkpoint=str(best), net="torch")
+    faces = list(_faces(3, seed=5).chips)
+    a, b = onnx.embed_chips(faces), eager.embed_chips(faces)
+    assert a.shape == (3, 128) and np.abs(a - b).max() < 1e-3  # ONNX Runtime == eager
+    assert onnx.metric == "l2" and onnx.name == "lite-student"
+    from facelab.embed.students import load_student
+    from facelab.errors import CheckpointError
+
+    ck = torch.load(best, weights_only=True)
+    torch.save({**ck, "input_px": 96}, tmp_path / "other_size.pt")  # same weights, other input side
+    with pytest.raises(CheckpointError, match="trained at 96 px"):
+        load_student(tmp_path / "other_size.pt")

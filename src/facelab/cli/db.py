@@ -45,7 +45,7 @@ def _json(obj) -> None:
 def init(
     db: str = DB_ARG,
     embedder: str = typer.Option("dlib-resnet", help="Embedding model (dlib-resnet, dlib-resnet-upper, "
-                                 "dlib-student, mfn-student, mbv2-student, pixels, mobilefacenet)."),
+                                 "dlib-student, lite-student, mfn-student, mbv2-student, pixels, mobilefacenet)."),
     embedder_checkpoint: Path | None = typer.Option(
         None, help="Student / mobilefacenet weights (best.pt of `facelab embed-train distill`; "
         "dlib-student has bundled weights, the others need this)."),

@@ -52,7 +52,7 @@ def chips_cmd(
 @embed_app.command("distill")
 def distill_cmd(
     chips: Annotated[list[Path], typer.Argument(help="Chip sets from `facelab embed-train chips`.")],
-    student: Annotated[str, typer.Option(help="dlib | mobilefacenet | mobilenetv2.")] = "dlib",
+    student: Annotated[str, typer.Option(help="dlib | dlib-lite | mobilefacenet | mobilenetv2.")] = "dlib",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (best.pt, last.pt, model_card.md).")] = Path("runs/student"),
     epochs: Annotated[int, typer.Option(help="Epochs over the chips.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Faces per step.")] = 128,

@@ -346,7 +346,10 @@ def _out(n: int, k: int, s: int, pad: int = 0) -> int:
     return 1 + (n + 2 * pad - k) // s  # dlib's (and torch's) output size
 
 
-def _make_module():
+def _make_module(chip: int = CHIP, n_blocks: int = len(_BLOCKS)):
+    """The network class for ``chip`` px inputs and the first ``n_blocks`` residual blocks
+    (dlib's own: 150 and 14; the compact student runs smaller chips and drops the last,
+    1.2M-parameter block). Shape padding of ``add_prev`` is fixed per input size."""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -364,7 +367,7 @@ def _make_module():
             body = _out(size, 3, stride, pad)
             short = _out(size, 2, 2) if self.down else size
             full = max(body, short)
-            self.size_out = full
+            self.size_body, self.size_out = body, full
             self.pad_body = (0, full - body, 0, full - body)
             self.pad_short = (0, full - short, 0, full - short, 0, n - cin)
 
@@ -384,17 +387,21 @@ def _make_module():
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Conv2d(3, 32, 7, 2, 0)
-            size = _out(_out(CHIP, 7, 2), 3, 2)
+            size = _out(_out(chip, 7, 2), 3, 2)
             blocks, cin = [], 32
-            for n, s in _BLOCKS:
+            for n, s in _BLOCKS[:n_blocks]:
                 blocks.append(Block(cin, n, s, size))
                 size, cin = blocks[-1].size_out, n
+                if blocks[-1].size_body < 1:
+                    raise ValueError(f"a {chip} px input is too small for {n_blocks} dlib blocks")
             self.blocks = nn.Sequential(*blocks)
             self.fc = nn.Linear(256, 128, bias=False)
 
         def forward(self, chips):
             # NHWC -> NCHW view with channels-last strides (no copy for a contiguous batch)
             x = chips.permute(0, 3, 1, 2).to(torch.float32)
+            if chip != CHIP:  # a compact student takes dlib's 150 px chips, resized
+                x = F.interpolate(x, size=(chip, chip), mode="bilinear", align_corners=False)
             x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
             x = self.blocks(x)
             return self.fc(x.mean(dim=(2, 3)))

@@ -6,6 +6,10 @@ interface and the face database plumbing are shared with ``dlib-resnet``:
 
 * ``dlib``: the PyTorch port of dlib's ResNet (``facelab.embed.dlib_torch``), initialised
   from dlib's own weights; Euclidean metric like dlib's.
+* ``dlib-lite``: the same network, cut for the <= 5M-parameter, >= 3x-speed track: the
+  chip resized to 112 px and the last residual block (1.2M parameters) dropped, 4,427,328
+  parameters, initialised from dlib's weights (so distillation starts near the teacher
+  instead of from scratch); Euclidean metric.
 * ``mobilefacenet``: MobileFaceNet (~1M parameters) on the chip resized to 112 px;
   cosine metric.
 * ``mobilenetv2``: ImageNet MobileNetV2 features (the offline weights) + a global
@@ -30,8 +34,17 @@ from facelab.embed.base import register_embedder
 from facelab.embed.dlib_resnet import DlibEmbedConfig, DlibResNetEmbedder
 from facelab.errors import CheckpointError, ConfigError
 
-STUDENTS = ("dlib", "mobilefacenet", "mobilenetv2")
-METRIC = {"dlib": "l2", "mobilefacenet": "cosine", "mobilenetv2": "cosine"}
+STUDENTS = ("dlib", "dlib-lite", "mobilefacenet", "mobilenetv2")
+METRIC = {"dlib": "l2", "dlib-lite": "l2", "mobilefacenet": "cosine", "mobilenetv2": "cosine"}
+#: students built from dlib's network (dlib's weights, per-tensor step scaling, --freeze)
+DLIB_FAMILY = ("dlib", "dlib-lite")
+#: the compact dlib student: input side and residual blocks kept (of 14)
+LITE_CHIP, LITE_BLOCKS = 112, 13
+#: embedder names and bundled file names per student kind
+EMBEDDER_NAME = {"dlib": "dlib-student", "dlib-lite": "lite-student",
+                 "mobilefacenet": "mfn-student", "mobilenetv2": "mbv2-student"}
+BUNDLED_FILE = {"dlib": "dlib_student.pt", "dlib-lite": "lite_student.pt",
+                "mobilefacenet": "mfn_student.pt", "mobilenetv2": "mbv2_student.pt"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -74,7 +87,8 @@ class MobileNetV2Embed(nn.Module):
 def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module:
     """A student network, randomly initialised or from ``init``.
 
-    ``init``: for ``dlib`` the converted dlib state (default: dlib's installed weights); for
+    ``init``: for ``dlib`` / ``dlib-lite`` the converted dlib state (default: dlib's installed
+    weights); for
     ``mobilenetv2`` ImageNet MobileNetV2 weights ("imagenet", the default: the offline weight
     package; or a state-dict file); ignored for ``mobilefacenet`` (trained from scratch).
     A dict or file holding a whole student ``state_dict`` (key ``student``) is loaded as is.
@@ -83,14 +97,17 @@ def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module
         raise ConfigError(f"unknown student {kind!r}; choose one of {STUDENTS}")
     blob = _read_init(init)
     whole = isinstance(blob, dict) and "student" in blob
-    if kind == "dlib":
+    if kind in DLIB_FAMILY:
         from facelab.embed.dlib_torch import _make_module, build_model
 
-        if whole:
-            model = _make_module()()
-        else:  # dlib's weights: the converted cache blob {"state": ...} or the installed .dat
+        shape = (LITE_CHIP, LITE_BLOCKS) if kind == "dlib-lite" else ()
+        model = _make_module(*shape)()
+        if not whole:  # dlib's weights: the converted cache blob {"state": ...} or the installed .dat
             state = blob.get("state") if isinstance(blob, dict) else None
-            model = build_model(_float(state) if state is not None else None, channels_last=False)
+            full = build_model(_float(state) if state is not None else None, channels_last=False)
+            # convolution weights do not depend on the input size; dropped blocks are skipped
+            model.load_state_dict({k: v for k, v in full.state_dict().items()
+                                   if k in model.state_dict()})
         model.requires_grad_(True)
     elif kind == "mobilefacenet":
         from facelab.embed.mobilefacenet import MobileFaceNet
@@ -107,6 +124,11 @@ def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module
     if whole:
         model.load_state_dict(_float(blob["student"]))
     return model
+
+
+def student_input_px(kind: str) -> int:
+    """The side the student's network runs at (every student takes 150 px dlib chips)."""
+    return {"dlib": 150, "dlib-lite": LITE_CHIP}.get(kind, 112)
 
 
 def _read_init(init: str | Path | dict | None):
@@ -153,16 +175,18 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict]:
     if not isinstance(ck, dict) or "student" not in ck or "kind" not in ck:
         raise CheckpointError(f"{path}: not a facelab student checkpoint (written by "
                               "`facelab embed-train distill`)")
+    if ck.get("input_px", student_input_px(ck["kind"])) != student_input_px(ck["kind"]):
+        raise CheckpointError(f"{path}: a {ck['kind']} student trained at {ck['input_px']} px; this "
+                              f"facelab builds it at {student_input_px(ck['kind'])} px: retrain it")
     model = build_student(ck["kind"], {"student": ck["student"]}).eval().requires_grad_(False)
     return model, {k: v for k, v in ck.items() if k != "student"}
 
 
 def bundled_weights(kind: str) -> Path:
     """Where a student checkpoint shipped with facelab lives (``facelab/weights/``). Only the
-    dlib student is shipped (``dlib_student.pt``, model card beside it); the small students
-    are far from usable yet and need a ``checkpoint``."""
-    name = {"dlib": "dlib_student.pt", "mobilefacenet": "mfn_student.pt",
-            "mobilenetv2": "mbv2_student.pt"}[kind]
+    dlib students may be shipped (``dlib_student.pt``, ``lite_student.pt``, each with a
+    model card beside it); the other small students need a ``checkpoint``."""
+    name = BUNDLED_FILE[kind]
     return Path(__file__).resolve().parent.parent / "weights" / name
 
 
@@ -196,8 +220,7 @@ class StudentEmbedder(DlibResNetEmbedder):
 
         self._digest = _sha256(path)[:16]
         super().__init__(DlibEmbedConfig(flip=flip, net="torch", **options))  # type: ignore[arg-type]
-        self.name = {"dlib": "dlib-student", "mobilefacenet": "mfn-student",
-                     "mobilenetv2": "mbv2-student"}[kind]
+        self.name = EMBEDDER_NAME[kind]
         self.metric = METRIC[kind]
         self._threshold = threshold
 
@@ -248,6 +271,5 @@ def _factory(kind: str):
     return make
 
 
-register_embedder("dlib-student")(_factory("dlib"))
-register_embedder("mfn-student")(_factory("mobilefacenet"))
-register_embedder("mbv2-student")(_factory("mobilenetv2"))
+for _kind, _name in EMBEDDER_NAME.items():
+    register_embedder(_name)(_factory(_kind))
