@@ -1,8 +1,10 @@
-"""Does photo supervision help ssd-mbv2? Boxes-only training against boxes + single-face photos.
+"""Training levers for ssd-mbv2, on validation images: single-face photos, mosaic crops.
 
 Issue 17, item 2: single-face photos of another data set (lfw-train by default), labelled by
 a teacher (MTCNN, boxes moved to the boxes CSV's framing), used as whole training images and
-pasted into crowd crops (some with rendered masks). Both variants train with the same
+pasted into crowd crops (some with rendered masks). Mosaic (``--variants mosaic``): half of
+the crowd crops are 2x2 mosaics of four training images at half scale (more and smaller
+faces per step, where the detector misses most). All variants train with the same
 settings and seeds on the training split of face-mask-detection; they are compared only on
 data that chooses things (validation images of the training split, at the score threshold
 each checkpoint gets for precision >= 0.90) and on the close-up photo sets, never on the
@@ -10,7 +12,8 @@ test split.
 
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
-        [--photos-limit 1500] [--out runs/bench/detect_photos] [--threads 2]
+        [--variants boxes photos mosaic] [--photos-limit 1500] [--out runs/bench/detect_photos]
+        [--threads 2]
 
 Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
 with 2 threads on an idle 2-core CPU.
@@ -26,6 +29,11 @@ from pathlib import Path
 import numpy as np
 
 
+#: tag (checkpoint name) -> (row label, options)
+VARIANTS = {"boxes": ("boxes only", {}), "photos": ("boxes + photos", {"photos": True}),
+            "mosaic": ("boxes, mosaic 0.5", {"mosaic": 0.5})}
+
+
 def main() -> int:
     from facelab.detect.evaluate import evaluate_photos, read_boxes, sample_photos, split_rows
     from facelab.detect.ssd import SSDMobileNetV2Detector
@@ -39,8 +47,9 @@ def main() -> int:
     ap.add_argument("--close-ups", type=int, default=150, help="photos per close-up set")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/detect_photos"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=["boxes", "photos"], choices=list(VARIANTS))
     args = ap.parse_args()
-    missing = missing_data("face-mask-detection", "lfw-train")
+    missing = missing_data("face-mask-detection", *(["lfw-train"] if "photos" in args.variants else []))
     if missing:
         print(f"skip: {missing}")
         return 0
@@ -48,16 +57,17 @@ def main() -> int:
     val = split_rows(read_boxes(boxes), "val")
     close_ups = {name: sample_photos(data_root() / name / "images", args.close_ups)
                  for name in ("rmfd-masked-faces", "utkface") if not missing_data(name)}  # fmt: skip
-    variants = {"boxes only": [], "boxes + photos": [str(data_root() / "lfw-train" / "images")]}
     rows = []
     for seed in args.seeds:
-        for name, photos in variants.items():
-            tag = "photos" if photos else "boxes"
+        for tag in args.variants:
+            name, options = VARIANTS[tag]
+            photos = [str(data_root() / "lfw-train" / "images")] if options.get("photos") else []
             out = args.out / f"{tag}-s{seed}.pt"
             if not out.is_file():
                 cfg = SSDTrainConfig(boxes=str(boxes), out=str(out), epochs=args.epochs, seed=seed,
                                      threads=args.threads, photos=photos,
                                      photos_limit=args.photos_limit,
+                                     mosaic=options.get("mosaic", 0.0),
                                      landmarks=str(args.out / "landmarks.csv"),
                                      teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip
                 train_ssd(cfg)
@@ -82,7 +92,7 @@ def main() -> int:
     summary = table.groupby("variant", sort=False)[cols].agg(["mean", "std"])
     print("\nmean and sd over seeds " + " ".join(map(str, args.seeds)) + ":")
     for variant, r in summary.iterrows():
-        print(f"{variant:<16}" + "  ".join(
+        print(f"{variant:<20}" + "  ".join(
             f"{c} {r[(c, 'mean')]:.3f}" + ("" if np.isnan(r[(c, 'std')]) else f" +- {r[(c, 'std')]:.3f}")
             for c in cols))  # fmt: skip
     return 0

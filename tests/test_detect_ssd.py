@@ -16,7 +16,7 @@ from facelab.detect.ssd import (
     letterbox_batch,
     repo_weights,
 )
-from facelab.detect.ssd_train import SSDTrainConfig, assign, augment, train_ssd
+from facelab.detect.ssd_train import SSDTrainConfig, assign, augment, mosaic, train_ssd
 from facelab.errors import WeightsError
 
 
@@ -113,13 +113,31 @@ def _synthetic_boxes(tmp_path, n=24):
     return side
 
 
+def test_mosaic_tiles_four_images_at_half_scale_and_keeps_each_box_in_its_tile():
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(4):  # each image one flat colour with one face box in its middle
+        img = np.full((200, 200, 3), 40 * (k + 1), np.uint8)
+        samples.append((img, np.array([[80.0, 80, 120, 120]], np.float32),
+                        np.full((1, 5, 2), np.nan, np.float32)))  # fmt: skip
+    cfg = SSDTrainConfig(size=128, crop=128, scale_min=1.0, scale_max=1.0)
+    full, fb, *_ = augment(rng, *samples[0], cfg)
+    for _ in range(5):
+        im, b, m, ign = mosaic(rng, samples, 0, cfg)
+        assert im.shape == (128, 128, 3) and len(b) == len(m) == len(ign) <= 4
+        for box in b:  # inside one 64 px tile, half the single-image width (20 vs 40 px at 128)
+            col, row = int(box[0] // 64), int(box[1] // 64)
+            assert box[2] <= 64 * (col + 1) + 1e-3 and box[3] <= 64 * (row + 1) + 1e-3
+            assert box[2] - box[0] <= (fb[0, 2] - fb[0, 0]) / 2 + 1
+
+
 def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypatch):
     monkeypatch.setenv("FACELAB_CACHE", str(tmp_path / "cache"))
     side = _synthetic_boxes(tmp_path)
     assert "test" in side.values()
     cfg = SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=96, crop=64,
-                         epochs=1, batch_size=4, precision_target=0.5)  # fmt: skip
-    meta = train_ssd(cfg, progress=None)
+                         epochs=1, batch_size=4, precision_target=0.5, mosaic=0.5)  # fmt: skip
+    meta = train_ssd(cfg, progress=None)  # mosaic tiles draw from the training images only
     used = set(meta["train_image_names"])
     assert used and not {n for n, s in side.items() if s == "test"} & used
     assert meta["arch"] == "ssd-mbv2" and 0 <= meta["score_thresh"] <= 1

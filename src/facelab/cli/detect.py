@@ -251,6 +251,7 @@ def detect_train_cmd(
     photo_share: float = typer.Option(0.25, help="ssd-mbv2: whole photos per epoch, as a share of the boxes images."),
     paste_prob: float = typer.Option(0.5, help="ssd-mbv2: chance a crop gets pasted photo faces."),
     paste_mask: float = typer.Option(0.3, help="ssd-mbv2: chance a pasted face wears a rendered mask."),
+    mosaic: float = typer.Option(0.5, help="ssd-mbv2: chance a crop is a 2x2 mosaic of four images at half scale (0 = off)."),
     teacher_cache: Path | None = typer.Option(
         None, help="ssd-mbv2: CSV caching the teacher's photo boxes [<out>.teacher.csv]."
     ),
@@ -302,6 +303,7 @@ def detect_train_cmd(
             precision_target=precision_target, threads=threads, seed=seed,
             photos=[str(p) for p in photos], photos_limit=photos_limit, photo_share=photo_share,
             paste_prob=paste_prob, paste_mask=paste_mask, teacher_cache=str(teacher_cache or ""),
+            mosaic=mosaic,
         )  # fmt: skip
         meta = rethreshold(cfg) if threshold_only else train_ssd(cfg)
         dest = default_ssd_weights()

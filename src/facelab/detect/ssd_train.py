@@ -74,6 +74,8 @@ class SSDTrainConfig:
         paste_max: at most this many faces pasted into one crop.
         paste_mask: chance that a pasted face wears a rendered mask.
         teacher_cache: CSV caching the teacher's photo boxes ('' = beside ``out``).
+        mosaic: chance that a crowd-scene crop is a 2x2 mosaic of four images, each at half
+            the scale (more, and smaller, faces per step; 0 = off).
     """
 
     boxes: str = ""
@@ -105,6 +107,7 @@ class SSDTrainConfig:
     paste_max: int = 4
     paste_mask: float = 0.3
     teacher_cache: str = ""
+    mosaic: float = 0.5
 
 
 def training_split(df, cfg: SSDTrainConfig):
@@ -230,6 +233,37 @@ def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: S
     return canvas, b, m, ignore
 
 
+def mosaic(rng, samples: list, first: int, cfg: SSDTrainConfig):
+    """A 2x2 mosaic crop: sample ``first`` and three random others, each an :func:`augment`
+    crop at half the side and half the scale; same return as :func:`augment`.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> s = [(np.zeros((300, 400, 3), np.uint8), np.array([[100., 100, 150, 160]], np.float32),
+        ...       np.full((1, 5, 2), np.nan, np.float32))]
+        >>> im, b, m, ign = mosaic(rng, s, 0, SSDTrainConfig(size=128, crop=0))
+        >>> im.shape, len(b) <= 4
+        ((128, 128, 3), True)
+    """
+    from dataclasses import replace
+
+    T = cfg.crop or cfg.size
+    half = replace(cfg, size=max(1, cfg.size // 2), crop=T // 2)
+    canvas = np.full((T, T, 3), PAD_VALUE, np.uint8)
+    boxes, marks, ignore = [], [], []
+    picks = [first, *rng.integers(len(samples), size=3).tolist()]
+    for k, idx in enumerate(picks):
+        image, b, m = samples[int(idx)]
+        im, b, m, ign = augment(rng, image, b, m, half)
+        ox, oy = (k % 2) * (T // 2), (k // 2) * (T // 2)
+        canvas[oy : oy + T // 2, ox : ox + T // 2] = im
+        boxes.append(b + [ox, oy, ox, oy])
+        marks.append(m + [ox, oy])
+        ignore.append(ign)
+    return (canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(marks).astype(np.float32),
+            np.concatenate(ignore))  # fmt: skip
+
+
 def assign(anchors: np.ndarray, boxes: np.ndarray, marks: np.ndarray, ignore: np.ndarray):
     """Per-anchor targets: labels (1 face, 0 background, -1 ignored), box offsets (K, 4),
     landmark offsets (K, 10) and a landmark mask (K,).
@@ -289,7 +323,10 @@ class _Crops:
             image, boxes, marks = self.samples[i]
         else:
             image, boxes, marks = self.photos[int(rng.integers(len(self.photos)))]
-        im, b, m, ign = augment(rng, image, boxes, marks, self.cfg)
+        if i < len(self.samples) and self.cfg.mosaic and rng.random() < self.cfg.mosaic:
+            im, b, m, ign = mosaic(rng, self.samples, i, self.cfg)
+        else:
+            im, b, m, ign = augment(rng, image, boxes, marks, self.cfg)
         if i < len(self.samples) and self.patches and rng.random() < self.cfg.paste_prob:
             n = int(rng.integers(1, self.cfg.paste_max + 1))
             im, b, m, ign = paste_faces(rng, im, b, m, ign, self.patches, n, mask_prob=self.cfg.paste_mask)
