@@ -121,7 +121,7 @@ def test_mosaic_tiles_four_images_at_half_scale_and_keeps_each_box_in_its_tile()
         samples.append((img, np.array([[80.0, 80, 120, 120]], np.float32),
                         np.full((1, 5, 2), np.nan, np.float32)))  # fmt: skip
     cfg = SSDTrainConfig(size=128, crop=128, scale_min=1.0, scale_max=1.0)
-    full, fb, *_ = augment(rng, *samples[0], cfg)
+    _, fb, *_ = augment(rng, *samples[0], cfg)
     for _ in range(5):
         im, b, m, ign = mosaic(rng, samples, 0, cfg)
         assert im.shape == (128, 128, 3) and len(b) == len(m) == len(ign) <= 4
