@@ -63,8 +63,9 @@ def publish(kind: str, run: Path, folder: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--chips", nargs="+", required=True)
-    p.add_argument("--students", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--chips", nargs="+", default=[], help="chip sets (needed unless --skip-training)")
+    p.add_argument("--students", nargs="+", default=["dlib", "mobilefacenet", "mobilenetv2"],
+                   choices=list(SETTINGS))
     p.add_argument("--out", default="runs/students")
     p.add_argument("--teacher", default="", help="converted dlib state file (default: installed dlib)")
     p.add_argument("--init-mobilenetv2", default="", help="ImageNet MobileNetV2 features file")
@@ -77,6 +78,8 @@ def main() -> None:
     p.add_argument("--skip-training", action="store_true",
                    help="only publish the finished runs under --out/<student>")
     args = p.parse_args()
+    if not args.skip_training and not args.chips:
+        p.error("--chips is required unless --skip-training")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     args.init = {"mobilenetv2": args.init_mobilenetv2}
     ctx = mp.get_context("spawn")

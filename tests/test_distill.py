@@ -170,3 +170,6 @@ def test_compact_dlib_student_fits_the_budget_starts_from_dlib_and_serves(tmp_pa
     torch.save({**ck, "input_px": 96}, tmp_path / "other_size.pt")  # same weights, other input side
     with pytest.raises(CheckpointError, match="trained at 96 px"):
         load_student(tmp_path / "other_size.pt")
+    torch.save({**ck, "blocks": 12}, tmp_path / "other_depth.pt")
+    with pytest.raises(CheckpointError, match="with 12 blocks"):
+        load_student(tmp_path / "other_depth.pt")

@@ -251,7 +251,7 @@ def detect_train_cmd(
     photo_share: float = typer.Option(0.25, help="ssd-mbv2: whole photos per epoch, as a share of the boxes images."),
     paste_prob: float = typer.Option(0.5, help="ssd-mbv2: chance a crop gets pasted photo faces."),
     paste_mask: float = typer.Option(0.3, help="ssd-mbv2: chance a pasted face wears a rendered mask."),
-    mosaic: float = typer.Option(0.5, help="ssd-mbv2: chance a crop is a 2x2 mosaic of four images at half scale (0 = off)."),
+    mosaic: float = typer.Option(0.5, help="ssd-mbv2: chance a boxes-CSV crop is a 2x2 mosaic of four training images at half scale (0 = off)."),
     teacher_cache: Path | None = typer.Option(
         None, help="ssd-mbv2: CSV caching the teacher's photo boxes [<out>.teacher.csv]."
     ),

@@ -58,7 +58,7 @@ def distill_cmd(
     batch_size: Annotated[int, typer.Option(help="Faces per step.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine schedule).")] = 1e-3,
     occlusion: Annotated[float, typer.Option(help="Share of faces given a mask/accessory.")] = 0.75,
-    freeze: Annotated[int, typer.Option(help="dlib student: keep its stem and this many of its 14 residual blocks fixed (CPU-sized training; 0: train all).")] = 0,
+    freeze: Annotated[int, typer.Option(help="dlib / dlib-lite student: keep its stem and this many of its 14 (dlib-lite: 13) residual blocks fixed (CPU-sized training; 0: train all).")] = 0,
     init: Annotated[str, typer.Option(help="Student start weights file (default: dlib / ImageNet / scratch).")] = "",
     teacher: Annotated[str, typer.Option(help="Converted dlib teacher file (default: the installed dlib weights).")] = "",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",

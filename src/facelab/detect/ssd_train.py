@@ -74,8 +74,8 @@ class SSDTrainConfig:
         paste_max: at most this many faces pasted into one crop.
         paste_mask: chance that a pasted face wears a rendered mask.
         teacher_cache: CSV caching the teacher's photo boxes ('' = beside ``out``).
-        mosaic: chance that a crowd-scene crop is a 2x2 mosaic of four images, each at half
-            the scale (more, and smaller, faces per step; 0 = off).
+        mosaic: chance that a crowd-scene crop (boxes CSV) is a 2x2 mosaic of four training
+            images, each at half the scale (more, and smaller, faces per step; 0 = off).
     """
 
     boxes: str = ""

@@ -42,6 +42,7 @@ from facelab.embed.students import (
     STUDENTS,
     build_student,
     count_parameters,
+    student_blocks,
     student_input_px,
 )
 from facelab.errors import ConfigError
@@ -344,7 +345,9 @@ def fit_head(student: torch.nn.Module, teacher: torch.nn.Module, chips: np.ndarr
     The compact student's kept blocks feed ``fc`` other features than dlib's (one block
     fewer, smaller input): its first outputs lie ~1.0 (squared L2) from the teacher's, so
     the first epochs would spend themselves, and the pretrained blocks, on re-learning that
-    map. The closed-form fit takes it to ~0.18 before any step (seen on lfw-train + UTKFace).
+    map. The closed-form fit takes it to 0.14 at 112 px (0.18 at 96) before any step (seen
+    on lfw-train + UTKFace). It runs once, at the start of a fresh run without ``--init`` (an
+    ``--init`` student brings its own head).
     """
     feats, targets = [], []
     head = student.fc
@@ -416,6 +419,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> 
         log.info("teacher on validation pairs: clean %.4f masked %.4f",
                  base["val_clean_acc"], base["val_masked_acc"])
     if start == 0 and cfg.student == "dlib-lite" and not cfg.init:
+        # after the optimizer: per-tensor step sizes stay set from dlib's own head, as in the
+        # run measured in docs/facedb.md
         student.eval()
         log.info("compact student: head refit to the teacher, squared L2 %.3f",
                  fit_head(student, teacher, train_cs.chips, dev))
@@ -460,7 +465,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> 
             state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
             meta = {"format": FORMAT, "kind": cfg.student, "config": asdict(cfg), "epoch": epoch + 1,
                     "metric": metric, "threshold": row["threshold"], "parameters": params,
-                    "input_px": student_input_px(cfg.student),
+                    "input_px": student_input_px(cfg.student), "blocks": student_blocks(cfg.student),
                     "teacher_center": center.cpu(),
                     "validation": {k: row[k] for k in row if k.startswith("val_")},
                     "history": history}

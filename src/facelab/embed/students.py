@@ -131,6 +131,11 @@ def student_input_px(kind: str) -> int:
     return {"dlib": 150, "dlib-lite": LITE_CHIP}.get(kind, 112)
 
 
+def student_blocks(kind: str) -> int | None:
+    """Residual blocks of a dlib-family student (None for the others)."""
+    return {"dlib": 14, "dlib-lite": LITE_BLOCKS}.get(kind)
+
+
 def _read_init(init: str | Path | dict | None):
     if init is None or isinstance(init, dict) or init == "imagenet":
         return init
@@ -175,9 +180,12 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict]:
     if not isinstance(ck, dict) or "student" not in ck or "kind" not in ck:
         raise CheckpointError(f"{path}: not a facelab student checkpoint (written by "
                               "`facelab embed-train distill`)")
-    if ck.get("input_px", student_input_px(ck["kind"])) != student_input_px(ck["kind"]):
-        raise CheckpointError(f"{path}: a {ck['kind']} student trained at {ck['input_px']} px; this "
-                              f"facelab builds it at {student_input_px(ck['kind'])} px: retrain it")
+    kind = ck["kind"]
+    trained = (ck.get("input_px", student_input_px(kind)), ck.get("blocks", student_blocks(kind)))
+    if trained != (student_input_px(kind), student_blocks(kind)):
+        raise CheckpointError(f"{path}: a {kind} student trained at {trained[0]} px with "
+                              f"{trained[1]} blocks; this facelab builds it at "
+                              f"{student_input_px(kind)} px with {student_blocks(kind)}: retrain it")
     model = build_student(ck["kind"], {"student": ck["student"]}).eval().requires_grad_(False)
     return model, {k: v for k, v in ck.items() if k != "student"}
 
