@@ -88,9 +88,9 @@ def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module
     """A student network, randomly initialised or from ``init``.
 
     ``init``: for ``dlib`` / ``dlib-lite`` the converted dlib state (default: dlib's installed
-    weights); for
-    ``mobilenetv2`` ImageNet MobileNetV2 weights ("imagenet", the default: the offline weight
-    package; or a state-dict file); ignored for ``mobilefacenet`` (trained from scratch).
+    weights); for ``mobilenetv2`` ImageNet MobileNetV2 weights ("imagenet", the default: the
+    offline weight package; or a state-dict file); ignored for ``mobilefacenet`` (trained
+    from scratch).
     A dict or file holding a whole student ``state_dict`` (key ``student``) is loaded as is.
     """
     if kind not in STUDENTS:
@@ -191,9 +191,9 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict]:
 
 
 def bundled_weights(kind: str) -> Path:
-    """Where a student checkpoint shipped with facelab lives (``facelab/weights/``). Only the
-    dlib students may be shipped (``dlib_student.pt``, ``lite_student.pt``, each with a
-    model card beside it); the other small students need a ``checkpoint``."""
+    """Where a student checkpoint shipped with facelab lives (``facelab/weights/``). Only
+    ``dlib_student.pt`` is shipped (model card beside it); the other students, measured but
+    not good enough to ship, need a ``checkpoint``."""
     name = BUNDLED_FILE[kind]
     return Path(__file__).resolve().parent.parent / "weights" / name
 
