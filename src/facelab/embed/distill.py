@@ -37,7 +37,6 @@ from facelab.distance import pairwise_distance
 from facelab.embed.chipset import ChipSet, load_chipset
 from facelab.embed.students import (
     DLIB_FAMILY,
-    LITE_BLOCKS,
     METRIC,
     STUDENTS,
     build_student,
@@ -50,7 +49,6 @@ from facelab.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 FORMAT = "facelab-student-v1"
-DLIB_BLOCKS = 14  # residual blocks of dlib's network (facelab.embed.dlib_torch._BLOCKS)
 
 
 @dataclass
@@ -89,8 +87,8 @@ class DistillConfig:
             raise ConfigError(f"unknown student {self.student!r}; choose one of {STUDENTS}")
         if not self.chips:
             raise ConfigError("give at least one chip set (facelab embed-train chips ...)")
-        blocks = LITE_BLOCKS if self.student == "dlib-lite" else DLIB_BLOCKS
-        if self.freeze and (self.student not in DLIB_FAMILY or not 0 <= self.freeze <= blocks):
+        blocks = student_blocks(self.student)
+        if self.freeze and (blocks is None or not 0 <= self.freeze <= blocks):
             raise ConfigError(f"freeze={self.freeze}: only the dlib students freeze, 0..{blocks} "
                               "of their residual blocks")
         for name in ("occlusion", "mask_share", "accessory_prob", "val_identities"):

@@ -340,13 +340,14 @@ def cached_state(dat_path: str | Path | None = None, cache_dir: str | Path | Non
 #: (filters, stride) of the 14 residual blocks (2 convolutions each; 28 + the stem = 29).
 _BLOCKS = ([(32, 1)] * 3 + [(64, 2)] + [(64, 1)] * 3 + [(128, 2)] + [(128, 1)] * 2
            + [(256, 2)] + [(256, 1)] * 2 + [(256, 2)])
+N_BLOCKS = len(_BLOCKS)
 
 
 def _out(n: int, k: int, s: int, pad: int = 0) -> int:
     return 1 + (n + 2 * pad - k) // s  # dlib's (and torch's) output size
 
 
-def _make_module(chip: int = CHIP, n_blocks: int = len(_BLOCKS)):
+def _make_module(chip: int = CHIP, n_blocks: int = N_BLOCKS):
     """The network class for ``chip`` px inputs and the first ``n_blocks`` residual blocks
     (dlib's own: 150 and 14; the compact student runs smaller chips and drops the last,
     1.2M-parameter block). Shape padding of ``add_prev`` is fixed per input size."""

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from facelab.embed.base import register_embedder
 from facelab.embed.dlib_resnet import DlibEmbedConfig, DlibResNetEmbedder
+from facelab.embed.dlib_torch import CHIP, N_BLOCKS
 from facelab.errors import CheckpointError, ConfigError
 
 STUDENTS = ("dlib", "dlib-lite", "mobilefacenet", "mobilenetv2")
@@ -40,6 +41,8 @@ METRIC = {"dlib": "l2", "dlib-lite": "l2", "mobilefacenet": "cosine", "mobilenet
 DLIB_FAMILY = ("dlib", "dlib-lite")
 #: the compact dlib student: input side and residual blocks kept (of 14)
 LITE_CHIP, LITE_BLOCKS = 112, 13
+#: the side the mobilefacenet and mobilenetv2 students resize dlib's chip to
+SMALL_CHIP = 112
 #: embedder names and bundled file names per student kind
 EMBEDDER_NAME = {"dlib": "dlib-student", "dlib-lite": "lite-student",
                  "mobilefacenet": "mfn-student", "mobilenetv2": "mbv2-student"}
@@ -112,7 +115,7 @@ def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module
     elif kind == "mobilefacenet":
         from facelab.embed.mobilefacenet import MobileFaceNet
 
-        model = ChipNet(MobileFaceNet(128), 112, (0.5, 0.5, 0.5), (0.502, 0.502, 0.502))
+        model = ChipNet(MobileFaceNet(128), SMALL_CHIP, (0.5, 0.5, 0.5), (0.502, 0.502, 0.502))
     else:
         body = MobileNetV2Embed(128)
         if not whole:
@@ -120,7 +123,7 @@ def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module
             if feats is None:
                 feats = _imagenet_features(init if isinstance(init, (str, Path)) else "imagenet")
             body.features.load_state_dict(_float(feats))
-        model = ChipNet(body, 112, IMAGENET_MEAN, IMAGENET_STD)
+        model = ChipNet(body, SMALL_CHIP, IMAGENET_MEAN, IMAGENET_STD)
     if whole:
         model.load_state_dict(_float(blob["student"]))
     return model
@@ -128,12 +131,12 @@ def build_student(kind: str, init: str | Path | dict | None = None) -> nn.Module
 
 def student_input_px(kind: str) -> int:
     """The side the student's network runs at (every student takes 150 px dlib chips)."""
-    return {"dlib": 150, "dlib-lite": LITE_CHIP}.get(kind, 112)
+    return {"dlib": CHIP, "dlib-lite": LITE_CHIP}.get(kind, SMALL_CHIP)
 
 
 def student_blocks(kind: str) -> int | None:
     """Residual blocks of a dlib-family student (None for the others)."""
-    return {"dlib": 14, "dlib-lite": LITE_BLOCKS}.get(kind)
+    return {"dlib": N_BLOCKS, "dlib-lite": LITE_BLOCKS}.get(kind)
 
 
 def _read_init(init: str | Path | dict | None):
