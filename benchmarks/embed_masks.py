@@ -58,27 +58,28 @@ def detect_chips(paths: list[str], root: Path, cache: Path) -> tuple[np.ndarray,
     return np.stack(chips), np.stack(lms)
 
 
+def rendered(chips: np.ndarray, lms: np.ndarray, spec_of) -> np.ndarray:
+    """Each chip k rendered with ``spec_of(k)`` (a facelab.masks.RenderSpec)."""
+    from facelab.masks import render_spec
+
+    return np.stack([render_spec(c, lm, spec_of(k)) for k, (c, lm) in enumerate(zip(chips, lms))])
+
+
 def occluded(chips: np.ndarray, lms: np.ndarray, what: str) -> np.ndarray:
     """Each chip with a deterministic rendered mask ("mask") or accessory ("accessory")."""
-    from facelab.masks import MASK_KINDS, RenderSpec, render_spec
+    from facelab.masks import MASK_KINDS, RenderSpec
 
     accessories = [("sunglasses",), ("eyeglasses", "cap"), ("scarf",), ("cap",), ("eyeglasses",)]
-    out = []
-    for k, (chip, lm) in enumerate(zip(chips, lms)):
-        if what == "mask":
-            spec = RenderSpec(MASK_KINDS[k % len(MASK_KINDS)], "correct", (), 1000 + k)
-        else:
-            spec = RenderSpec("surgical", "none", accessories[k % len(accessories)], 2000 + k)
-        out.append(render_spec(chip, lm, spec))
-    return np.stack(out)
+    if what == "mask":
+        return rendered(chips, lms, lambda k: RenderSpec(MASK_KINDS[k % len(MASK_KINDS)], "correct", (), 1000 + k))
+    return rendered(chips, lms, lambda k: RenderSpec("surgical", "none", accessories[k % len(accessories)], 2000 + k))
 
 
 def masked_copies(chips: np.ndarray, lms: np.ndarray, seed0: int = 3000) -> np.ndarray:
     """Each chip with a surgical mask worn correctly (the "both masked" comparison)."""
-    from facelab.masks import RenderSpec, render_spec
+    from facelab.masks import RenderSpec
 
-    return np.stack([render_spec(c, lm, RenderSpec("surgical", "correct", (), seed0 + k))
-                     for k, (c, lm) in enumerate(zip(chips, lms))])  # fmt: skip
+    return rendered(chips, lms, lambda k: RenderSpec("surgical", "correct", (), seed0 + k))
 
 
 def speed(emb, chips: np.ndarray, repeats: int = 3) -> float:
@@ -171,10 +172,10 @@ def main() -> None:
         ib = np.array([lfw_ix[p] for p in lfw.image_b])
         same, folds = lfw["same"].to_numpy(), lfw["fold"].to_numpy()
         r_lfw = evaluate_distances(dist(emb, ev[ia], ev[ib]), same, folds)
-        occ = {}
+        occ, e_views = {}, {}
         for what, chips in views.items():
-            eo = emb.embed_chips(list(chips))
-            occ[what] = evaluate_distances(dist(emb, ev[ia], eo[[b_pos[i] for i in ib]]), same, folds)
+            e_views[what] = emb.embed_chips(list(chips))
+            occ[what] = evaluate_distances(dist(emb, ev[ia], e_views[what][[b_pos[i] for i in ib]]), same, folds)
         er = emb.embed_chips(list(rmfd_chips))
         ra = np.array([rmfd_ix[p] for p in rmfd.image_a])
         rb = np.array([rmfd_ix[p] for p in rmfd.image_b])
@@ -183,7 +184,7 @@ def main() -> None:
         # both masked: the clean side of each masked-vs-clean pair gets a rendered mask
         ea = emb.embed_chips(list(lfw_a_masked))
         both_lfw = evaluate_distances(dist(emb, ea[[a_pos[i] for i in ia]],
-                                           emb.embed_chips(list(views["mask"]))[[b_pos[i] for i in ib]]),
+                                           e_views["mask"][[b_pos[i] for i in ib]]),
                                       same, folds)  # fmt: skip
         ec = emb.embed_chips(list(rmfd_clean_masked))
         er_both = er.copy()

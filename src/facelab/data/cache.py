@@ -125,10 +125,15 @@ class RowDecoder:
         return np.asarray(resized, dtype=np.uint8), stage
 
 
+def own_crop_mode(mode) -> str | None:
+    """A ``crop_mode`` cell as a source's own crop mode, or None (empty / "auto": the
+    settings' mode applies)."""
+    return mode if isinstance(mode, str) and mode not in ("", "auto") else None
+
+
 def row_crop(row: pd.Series) -> str | None:
     """The row's own crop mode (its source's ``crop``), or None to use the settings'."""
-    mode = row.get("crop_mode")
-    return mode if isinstance(mode, str) and mode not in ("", "auto") else None
+    return own_crop_mode(row.get("crop_mode"))
 
 
 def detect_rows(table: pd.DataFrame) -> bool:
@@ -155,7 +160,7 @@ def _fingerprint(table: pd.DataFrame, decoder: RowDecoder) -> str:
         except OSError:
             ident = "missing"
         # a source's own crop mode joins the key only when set: other caches keep their keys
-        own = f"|{mode}" if isinstance(mode, str) and mode not in ("", "auto") else ""
+        own = f"|{mode}" if own_crop_mode(mode) else ""
         h.update(f"{path}|{ident}|{box}{own}\n".encode())
     return h.hexdigest()[:20]
 
