@@ -73,3 +73,23 @@ def test_folds_without_pairs_are_a_clear_error(tmp_path):
     csv.write_text("image_a,image_b,same,fold\nA/1.jpg,A/2.jpg,1,1\nB/1.jpg,C/1.jpg,0,2\n")
     with pytest.raises(DataFormatError, match=r"no pairs in fold\(s\) \[4, 5\]; its folds are \[1, 2\]"):
         run_verify_eval(csv, pipeline=None, folds=[4, 5])
+
+
+def test_a_bad_student_checkpoint_is_one_error_not_a_skip_per_image(tmp_path):
+    from PIL import Image
+
+    from facelab.embed.base import get_embedder
+    from facelab.embed.pipeline import FacePipeline, PipelineConfig
+    from facelab.errors import CheckpointError
+    from facelab.evaluate.verification import run_verify_eval
+
+    for name in ("A/1.jpg", "A/2.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (64, 64), (120, 90, 60)).save(tmp_path / name)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("image_a,image_b,same\nA/1.jpg,A/2.jpg,1\n")
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    pipe = FacePipeline(PipelineConfig(detector="whole"),
+                        get_embedder("mfn-student", checkpoint=str(tmp_path / "bad.pt")))
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        run_verify_eval(csv, pipe, progress=False)

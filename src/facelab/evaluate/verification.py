@@ -257,6 +257,10 @@ def run_verify_eval(
     if limit:
         df = df.iloc[:limit].reset_index(drop=True)
     stages: dict[str, int] = {}
+    # load the model now: a bad checkpoint is one run-level error, not a skip per image
+    prepare = getattr(pipeline.embedder, "prepare", None)
+    if prepare is not None:
+        prepare()
 
     def embed_one(path: Path) -> np.ndarray | None:
         image = load_image(path)
