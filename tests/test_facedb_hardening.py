@@ -284,6 +284,18 @@ def test_init_refuses_an_unknown_detector(tmp_path):
     assert not (tmp_path / "f.db").exists()
 
 
+def test_init_refuses_a_bad_embedder_checkpoint(tmp_path):
+    # found trying a hostile file: the embedder loads lazily, so init used to accept it
+    # and every later ingest failed image by image
+    bad = tmp_path / "weights.pt"
+    bad.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    res = runner.invoke(app, ["db", "init", str(tmp_path / "f.db"), "--embedder", "mfn-student",
+                              "--embedder-checkpoint", str(bad)])
+    _one_line_error(res)
+    assert "weights.pt" in str(res.exception)
+    assert not (tmp_path / "f.db").exists()
+
+
 def test_enroll_is_all_or_nothing(tmp_path):
     db = _db(tmp_path, detector="whole")
     good1 = _write(tmp_path / "g1.png", _person(11, 0))
