@@ -39,7 +39,9 @@ these folds):
   whole-frame models do not transfer across data sets; their settings were fixed before
   their first run on these clips and every variant run is a row here (none dropped);
   `+mcrop` cuts the frames to the motion box first (the motion image then shows the body
-  at a similar scale in every room; the trajectory is unchanged).
+  at a similar scale in every room; the trajectory is unchanged); `+mirror` averages the
+  backbone sets' features with the mirror image's (`model.mirror`: a viewpoint lever, left
+  and right alike; flow and trajectory are mirror-free already).
 Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, cosine,
 6 epochs (2D) / 3 (i3d, 3D), batch 16, horizontal flip; seed 0.
 Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
@@ -97,7 +99,8 @@ FROZEN = {"frozen-mhi": "mhi", "frozen-traj": "trajectory", "frozen-mhi-traj": "
           "frozen-flow-traj": "flow,trajectory", "frozen-mhi-flow": "mhi,flow",
           "frozen-mhi-flow-traj": "mhi,flow,trajectory", "frozen-auto": "auto"}
 BASES = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-k8", "i3d-k8", "3d-r3d", *FROZEN)
-# a method is a base plus optional switches: +rot (rotation +-30 degrees), +mcrop (motion crop)
+# a method is a base plus optional switches: +rot (rotation +-30 degrees), +mcrop (motion crop),
+# +mirror (frozen-*: backbone features averaged with the mirror image's)
 METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot",
            "i3d-k8", "i3d-k8+rot", "3d-r3d", "3d-r3d+rot", *FROZEN)
 LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+mcrop")
@@ -105,9 +108,10 @@ LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+m
 
 def parse_method(method: str) -> tuple[str, set[str]]:
     base, *flags = method.split("+")
-    if base not in BASES or not set(flags) <= {"rot", "mcrop"} or (base in FROZEN and "rot" in flags):
+    if (base not in BASES or not set(flags) <= {"rot", "mcrop", "mirror"}
+            or (base in FROZEN and "rot" in flags) or (base not in FROZEN and "mirror" in flags)):
         raise SystemExit(f"unknown method {method!r}: a base of {BASES} with +rot / +mcrop "
-                         "(frozen-* take +mcrop only)")
+                         "(frozen-* take +mcrop / +mirror only)")
     return base, set(flags)
 
 
@@ -147,9 +151,9 @@ class Features:
         self.frames_per_s = 9 * len(stacks) * len(self.sets) / (time.perf_counter() - t0)
 
 
-def frozen_cfg(sets: str, size: int, crop: str = "none"):
+def frozen_cfg(sets: str, size: int, crop: str = "none", mirror: bool = False):
     return load_clip_config(None, [f"data.size={size}", f"data.crop={crop}", "model.kind=frozen",
-                                   f"model.features={sets}",
+                                   f"model.features={sets}", f"model.mirror={str(mirror).lower()}",
                                    "model.C=1.0", "sampling.pool=16", "sampling.eval_frames=16",
                                    "seed=0", "threads=1"])
 
@@ -159,8 +163,9 @@ class FrozenFeatures:
     speed (clips/s on decoded frames; for `trajectory` and `flow`, on frames decoded at 10 fps,
     that decode included)."""
 
-    def __init__(self, clips: list[str], size: int, cache: FrameCache, crop: str = "none"):
-        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory,flow", size, crop), [])
+    def __init__(self, clips: list[str], size: int, cache: FrameCache, crop: str = "none",
+                 mirror: bool = False):
+        model = FrozenClipModel(frozen_cfg("appearance,mhi,trajectory,flow", size, crop, mirror), [])
         feats, bad, _ = model.extract(clips, cache)
         if bad:  # the same clips fail for the other methods: they cannot be scored at all
             raise SystemExit(f"clips failed to decode: {bad}; fix or remove them")
@@ -171,7 +176,7 @@ class FrozenFeatures:
         stacks, _ = load_stacks(some, (16,), cache)
         batch = np.stack([stacks[c][16] for c in some])
         for name in ("appearance", "mhi"):
-            m = FrozenClipModel(frozen_cfg(name, size), [])
+            m = FrozenClipModel(frozen_cfg(name, size, mirror=mirror), [])
             m.image_features(batch[:2])  # warm-up (weights loaded, kernels chosen)
             t0 = time.perf_counter()
             m.image_features(batch)
@@ -195,8 +200,8 @@ class FrozenFeatures:
 def run_frozen(method, frozen: dict, size, train, test, classes):
     base, flags = parse_method(method)
     crop = "motion" if "mcrop" in flags else "none"
-    ff = frozen[crop]
-    model = FrozenClipModel(frozen_cfg(FROZEN[base], size, crop), classes)
+    ff = frozen[(crop, "mirror" in flags)]
+    model = FrozenClipModel(frozen_cfg(FROZEN[base], size, crop, "mirror" in flags), classes)
     sets = list(model.sets)  # for frozen-auto: the candidates (the fit keeps a subset)
     tr = [ff.row[c] for c in train["clip"]]
     te = [ff.row[c] for c in test["clip"]]
@@ -352,9 +357,10 @@ def main() -> None:
               f"({cache.decoded - before} decoded now, the rest from the cache), {len(bad)} failed")
         feats = Features(stacks, mcrop=bool(args.levers) and "cross" in args.parts)
         wanted = [parse_method(m) for m in args.methods + args.levers]
-        frozen = {crop: FrozenFeatures(list(both["clip"]), size, cache, crop)
-                  for crop, flag in (("none", False), ("motion", True))
-                  if any(b in FROZEN and ("mcrop" in f) == flag for b, f in wanted)}
+        frozen = {(crop, mirror): FrozenFeatures(list(both["clip"]), size, cache, crop, mirror)
+                  for crop, flag in (("none", False), ("motion", True)) for mirror in (False, True)
+                  if any(b in FROZEN and ("mcrop" in f) == flag and ("mirror" in f) == mirror
+                         for b, f in wanted)}
         if "binary" in args.parts:
             evaluate("fall vs ADL, GMDCSA24 + UP-Fall, 4 grouped folds (93 clips)", both,
                      assign_folds(both, 4), chosen("binary", size, args.methods), args, size,

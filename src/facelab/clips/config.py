@@ -68,6 +68,9 @@ class ClipModelConfig:
             at fit time (mhi is a candidate, so `auto` needs what mhi needs: ImageNet
             weights and sampling.eval_frames >= 2).
         C: frozen only, inverse L2 strength of the logistic regressions.
+        mirror: frozen only: the backbone sets (appearance, mhi) average each image's
+            features with its mirror image's, so a fall to the left and one to the right
+            look alike (cameras see the same action from either side).
     """
 
     kind: str = "2d"
@@ -79,6 +82,7 @@ class ClipModelConfig:
     dropout: float = 0.2
     features: str = "mhi,flow,trajectory"
     C: float = 1.0
+    mirror: bool = False
 
     @property
     def auto_features(self) -> bool:

@@ -130,7 +130,10 @@ class FrozenClipModel:
                 imgs = np.stack([motion_image(s) for s in stacks])
             x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            out[name] = bb(x).numpy()
+            f = bb(x)
+            if self.cfg.model.mirror:  # viewpoint: left and right the same
+                f = (f + bb(torch.flip(x, dims=[3]))) / 2
+            out[name] = f.numpy()
         return out
 
     def extract(self, clips: list[str], cache: FrameCache, progress: bool = False,
