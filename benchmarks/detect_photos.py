@@ -4,7 +4,10 @@ Issue 17, item 2: single-face photos of another data set (lfw-train by default),
 a teacher (MTCNN, boxes moved to the boxes CSV's framing), used as whole training images and
 pasted into crowd crops (some with rendered masks). Mosaic (``--variants mosaic``): half of
 the crowd crops are 2x2 mosaics of four training images at half scale (more and smaller
-faces per step, where the detector misses most). All variants train with the same
+faces per step, where the detector misses most). Unannotated (``--variants unannotated``):
+mosaic, and faces MTCNN finds at score >= 0.95 in a training image that overlap no annotated
+box are ignored instead of being background (the boxes CSV leaves background faces out;
+``ssd_train.unannotated``). All variants train with the same
 settings and seeds on the training split of face-mask-detection; they are compared only on
 data that chooses things (validation images of the training split, at the score threshold
 each checkpoint gets for precision >= 0.90) and on the close-up photo sets, never on the
@@ -12,7 +15,7 @@ test split.
 
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
-        [--variants boxes photos mosaic] [--photos-limit 1500] [--out runs/bench/detect_photos]
+        [--variants boxes photos mosaic unannotated] [--photos-limit 1500] [--out runs/bench/detect_photos]
         [--threads 2]
 
 Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
@@ -31,7 +34,8 @@ import numpy as np
 
 #: tag (checkpoint name) -> (row label, options)
 VARIANTS = {"boxes": ("boxes only", {}), "photos": ("boxes + photos", {"photos": True}),
-            "mosaic": ("boxes, mosaic 0.5", {"mosaic": 0.5})}
+            "mosaic": ("boxes, mosaic 0.5", {"mosaic": 0.5}),
+            "unannotated": ("mosaic 0.5, unannotated faces ignored", {"mosaic": 0.5, "unannotated": 0.95})}
 
 
 def main() -> int:
@@ -68,6 +72,8 @@ def main() -> int:
                                      threads=args.threads, photos=photos,
                                      photos_limit=args.photos_limit,
                                      mosaic=options.get("mosaic", 0.0),
+                                     unannotated=options.get("unannotated", 0.0),
+                                     unannotated_cache=str(args.out / "unannotated.csv"),
                                      landmarks=str(args.out / "landmarks.csv"),
                                      teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip
                 train_ssd(cfg)
@@ -92,7 +98,7 @@ def main() -> int:
     summary = table.groupby("variant", sort=False)[cols].agg(["mean", "std"])
     print("\nmean and sd over seeds " + " ".join(map(str, args.seeds)) + ":")
     for variant, r in summary.iterrows():
-        print(f"{variant:<20}" + "  ".join(
+        print(f"{variant:<20}  " + "  ".join(
             f"{c} {r[(c, 'mean')]:.3f}" + ("" if np.isnan(r[(c, 'std')]) else f" +- {r[(c, 'std')]:.3f}")
             for c in cols))  # fmt: skip
     return 0

@@ -16,7 +16,14 @@ from facelab.detect.ssd import (
     letterbox_batch,
     repo_weights,
 )
-from facelab.detect.ssd_train import SSDTrainConfig, assign, augment, mosaic, train_ssd
+from facelab.detect.ssd_train import (
+    SSDTrainConfig,
+    assign,
+    augment,
+    mosaic,
+    train_ssd,
+    unannotated_faces,
+)
 from facelab.errors import WeightsError
 
 
@@ -129,6 +136,27 @@ def test_mosaic_tiles_four_images_at_half_scale_and_keeps_each_box_in_its_tile()
             col, row = int(box[0] // 64), int(box[1] // 64)
             assert box[2] <= 64 * (col + 1) + 1e-3 and box[3] <= 64 * (row + 1) + 1e-3
             assert box[2] - box[0] <= (fb[0, 2] - fb[0, 0]) / 2 + 1
+
+
+def test_unannotated_faces_are_ignored_not_background(tmp_path):
+    # the teacher's faces come from its cache (written here; no MTCNN pass): one overlaps the
+    # annotated face, one lies inside it, one is free, one scores too low
+    df = pd.DataFrame({"image": ["a.png"], "path": [str(tmp_path / "a.png")],
+                       "x1": [10.0], "y1": [10.0], "x2": [50.0], "y2": [50.0]})
+    cache = tmp_path / "u.csv"
+    pd.DataFrame({"image": ["a.png"] * 4, "x1": [12, 20, 100, 150], "y1": [12, 20, 100, 150],
+                  "x2": [52, 35, 140, 190], "y2": [52, 35, 140, 190],
+                  "score": [0.99, 0.99, 0.97, 0.6]}).to_csv(cache, index=False)
+    free = unannotated_faces(df, cache, 0.95)
+    np.testing.assert_allclose(free["a.png"], [[100, 100, 140, 140]])
+    assert len(unannotated_faces(df, cache, 0.5)["a.png"]) == 2
+    rng = np.random.default_rng(0)
+    boxes = np.array([[10.0, 10, 50, 50], [100, 100, 140, 140]], np.float32)
+    marks = np.full((2, 5, 2), np.nan, np.float32)
+    cfg = SSDTrainConfig(size=200, crop=200, scale_min=1.0, scale_max=1.0)
+    _, b, _, ign = augment(rng, np.zeros((200, 200, 3), np.uint8), boxes, marks, cfg,
+                           np.array([False, True]))
+    assert len(b) == 2 and ign.tolist() == [False, True]
 
 
 def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypatch):

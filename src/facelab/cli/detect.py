@@ -255,6 +255,10 @@ def detect_train_cmd(
     teacher_cache: Path | None = typer.Option(
         None, help="ssd-mbv2: CSV caching the teacher's photo boxes [<out>.teacher.csv]."
     ),
+    unannotated: float = typer.Option(
+        0.0, help="ssd-mbv2: ignore (neither face nor background) faces MTCNN finds at this score "
+        "in a training image that overlap no annotated box (0 = off; e.g. 0.95)."
+    ),
     threshold_only: bool = typer.Option(
         False, help="ssd-mbv2: no training; choose the score threshold of the --out checkpoint "
         "again on the validation images (at --size) and write it into the checkpoint."
@@ -303,7 +307,7 @@ def detect_train_cmd(
             precision_target=precision_target, threads=threads, seed=seed,
             photos=[str(p) for p in photos], photos_limit=photos_limit, photo_share=photo_share,
             paste_prob=paste_prob, paste_mask=paste_mask, teacher_cache=str(teacher_cache or ""),
-            mosaic=mosaic,
+            mosaic=mosaic, unannotated=unannotated,
         )  # fmt: skip
         meta = rethreshold(cfg) if threshold_only else train_ssd(cfg)
         dest = default_ssd_weights()

@@ -76,6 +76,11 @@ class SSDTrainConfig:
         teacher_cache: CSV caching the teacher's photo boxes ('' = beside ``out``).
         mosaic: chance that a crowd-scene crop (boxes CSV) is a 2x2 mosaic of four training
             images, each at half the scale (more, and smaller, faces per step; 0 = off).
+        unannotated: MTCNN score from which a face that MTCNN finds in a training image but
+            that overlaps no annotated box is ignored in training (neither face nor
+            background; 0 = off). The boxes CSVs leave background faces unannotated, and as
+            negatives they teach the detector to miss them.
+        unannotated_cache: CSV caching those faces ('' = beside ``out``).
     """
 
     boxes: str = ""
@@ -108,6 +113,8 @@ class SSDTrainConfig:
     paste_mask: float = 0.3
     teacher_cache: str = ""
     mosaic: float = 0.5
+    unannotated: float = 0.0
+    unannotated_cache: str = ""
 
 
 def training_split(df, cfg: SSDTrainConfig):
@@ -167,6 +174,47 @@ def distill_landmarks(df, cache: Path, progress=None) -> tuple[np.ndarray, np.nd
     return merged[cols[:10]].to_numpy(float).reshape(-1, 5, 2), merged[cols[10:]].to_numpy(float)
 
 
+def unannotated_faces(df, cache: Path, score: float, progress=None) -> dict[str, np.ndarray]:
+    """Faces MTCNN finds (score >= ``score``) in each image of ``df`` that overlap no annotated
+    box (IoU < 0.3, and under half of the face inside one): image -> (n, 4) boxes. MTCNN's
+    faces down to score 0.5 are cached in ``cache``, so other scores reuse the pass.
+
+    These are mostly background faces the annotators left out (seen on validation images:
+    16 of 38 false alarms were faces), with some of MTCNN's own false alarms.
+    """
+    import pandas as pd
+
+    from facelab.detect.mtcnn import MTCNN
+    from facelab.io import load_image
+
+    cols = ["image", "x1", "y1", "x2", "y2", "score"]
+    have = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=cols)
+    done = set(have["image"])
+    todo = sorted(set(df["image"]) - done)
+    if todo:
+        det = MTCNN(min_face_size=12).prepare()
+        rows = []
+        for image in track_items(todo, "MTCNN: unannotated faces", progress):
+            path = df.loc[df["image"] == image, "path"].iloc[0]
+            faces = [f for f in det.detect(load_image(path)) if f.score >= 0.5]
+            rows += [[image, *f.box, f.score] for f in faces] or [[image, np.nan, np.nan, np.nan, np.nan, np.nan]]
+        have = pd.concat([have, pd.DataFrame(rows, columns=cols)], ignore_index=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        have.to_csv(cache, index=False)
+    out: dict[str, np.ndarray] = {}
+    for image, g in df.groupby("image"):
+        gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
+        t = have[(have["image"] == image) & (have["score"] >= score)][["x1", "y1", "x2", "y2"]].to_numpy(float)
+        if len(t):
+            inter_w = np.clip(np.minimum(t[:, None, 2], gt[None, :, 2]) - np.maximum(t[:, None, 0], gt[None, :, 0]), 0, None)
+            inter_h = np.clip(np.minimum(t[:, None, 3], gt[None, :, 3]) - np.maximum(t[:, None, 1], gt[None, :, 1]), 0, None)
+            inside = (inter_w * inter_h) / np.maximum((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]), 1e-6)[:, None]
+            free = (iou_matrix(t, gt).max(1) < 0.3) & (inside.max(1) < 0.5)
+            t = t[free]
+        out[str(image)] = t.astype(np.float32).reshape(-1, 4)
+    return out
+
+
 def framing_offsets(gt: np.ndarray, teacher: np.ndarray) -> np.ndarray:
     """Median offsets (x1, y1, x2, y2) from the teacher's boxes to the annotated ones, in units
     of the teacher box's width/height, over faces both have (rows with NaN are skipped).
@@ -187,8 +235,10 @@ def framing_offsets(gt: np.ndarray, teacher: np.ndarray) -> np.ndarray:
     return np.median((gt[ok] - t) / np.maximum(wh, 1e-6), axis=0)
 
 
-def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: SSDTrainConfig):
+def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: SSDTrainConfig,
+            forced: np.ndarray | None = None):
     """One training crop: (uint8 size x size x 3, boxes (n, 4), marks (n, 5, 2), ignore (n,)).
+    ``forced`` (n,) marks boxes that are always ignored (unannotated faces).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -219,6 +269,8 @@ def augment(rng, image: np.ndarray, boxes: np.ndarray, marks: np.ndarray, cfg: S
     keep = vis > 0.05
     b, m, vis = c[keep], m[keep], vis[keep]
     ignore = (vis < 0.6) | (b[:, 2] - b[:, 0] < 4) | (b[:, 3] - b[:, 1] < 4)
+    if forced is not None:
+        ignore |= np.asarray(forced, bool)[keep]
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
         b = np.stack([T - b[:, 2], b[:, 1], T - b[:, 0], b[:, 3]], 1)
@@ -253,8 +305,8 @@ def mosaic(rng, samples: list, first: int, cfg: SSDTrainConfig):
     boxes, marks, ignore = [], [], []
     picks = [first, *rng.integers(len(samples), size=3).tolist()]
     for k, idx in enumerate(picks):
-        image, b, m = samples[int(idx)]
-        im, b, m, ign = augment(rng, image, b, m, half)
+        image, b, m, *forced = samples[int(idx)]
+        im, b, m, ign = augment(rng, image, b, m, half, *forced)
         ox, oy = (k % 2) * (T // 2), (k // 2) * (T // 2)
         canvas[oy : oy + T // 2, ox : ox + T // 2] = im
         boxes.append(b + [ox, oy, ox, oy])
@@ -320,13 +372,13 @@ class _Crops:
 
         rng = np.random.default_rng([self.cfg.seed, self.epoch, i])
         if i < len(self.samples):
-            image, boxes, marks = self.samples[i]
+            image, boxes, marks, *forced = self.samples[i]  # forced: unannotated faces, ignored
         else:
-            image, boxes, marks = self.photos[int(rng.integers(len(self.photos)))]
+            image, boxes, marks, *forced = self.photos[int(rng.integers(len(self.photos)))]
         if i < len(self.samples) and self.cfg.mosaic and rng.random() < self.cfg.mosaic:
             im, b, m, ign = mosaic(rng, self.samples, i, self.cfg)
         else:
-            im, b, m, ign = augment(rng, image, boxes, marks, self.cfg)
+            im, b, m, ign = augment(rng, image, boxes, marks, self.cfg, *forced)
         if i < len(self.samples) and self.patches and rng.random() < self.cfg.paste_prob:
             n = int(rng.integers(1, self.cfg.paste_max + 1))
             im, b, m, ign = paste_faces(rng, im, b, m, ign, self.patches, n, mask_prob=self.cfg.paste_mask)
@@ -475,11 +527,23 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         lm_cache = Path(cfg.landmarks) if cfg.landmarks else out.with_suffix(".landmarks.csv")
         marks, teacher_boxes = distill_landmarks(fit, lm_cache, progress or _progress(True, "landmarks"))
         offsets = framing_offsets(fit[["x1", "y1", "x2", "y2"]].to_numpy(float), teacher_boxes)
+        extra: dict[str, np.ndarray] = {}
+        if cfg.unannotated:
+            cache = (Path(cfg.unannotated_cache) if cfg.unannotated_cache
+                     else out.with_suffix(".unannotated.csv"))  # fmt: skip
+            extra = unannotated_faces(fit, cache, cfg.unannotated, progress or _progress(True, "teacher"))
         samples = []
         for path, idx in fit.groupby("path", sort=True).indices.items():
             g = fit.iloc[idx]
-            samples.append((load_image(path), g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
-                            marks[idx].astype(np.float32)))  # fmt: skip
+            boxes, lms = g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32), marks[idx].astype(np.float32)
+            if cfg.unannotated:
+                t = extra[str(g["image"].iloc[0])]
+                forced = np.r_[np.zeros(len(boxes), bool), np.ones(len(t), bool)]
+                boxes = np.concatenate([boxes, t])
+                lms = np.concatenate([lms, np.full((len(t), 5, 2), np.nan, np.float32)])
+                samples.append((load_image(path), boxes, lms, forced))
+            else:
+                samples.append((load_image(path), boxes, lms))
         photos, patches, photo_meta = _photo_supervision(cfg, out, offsets, progress)
         data = _Crops(samples, cfg, photos, patches)
         loader = torch.utils.data.DataLoader(
@@ -506,6 +570,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
             "train_images": int(fit["image"].nunique()), "train_faces": int(len(fit)),
             "train_image_names": sorted(fit["image"].unique().tolist()),
             "landmark_targets": int((~np.isnan(marks).any(axis=(1, 2))).sum()),
+            "unannotated_ignored": int(sum(len(v) for v in extra.values())),
             "config": asdict(cfg), "device": str(device), **photo_meta,
         }  # fmt: skip
         track = progress or _progress(True, "train")
