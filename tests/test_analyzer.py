@@ -112,7 +112,7 @@ def _video(path: Path, frames: int = 6) -> None:
         s = c.add_stream("mpeg4", rate=4)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         for i in range(frames):
-            arr = np.full((48, 64, 3), 20 * i, np.uint8)
+            arr = np.full((48, 64, 3), 20 * i % 256, np.uint8)
             for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
@@ -158,6 +158,35 @@ def test_huge_image_is_a_clear_error_and_the_folder_keeps_going(tmp_path):
     assert summary.done == 1 and "too large" in summary.failed[str(folder / "huge.png")]
     row = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
     assert row["faces"] == 1 and row["source"].endswith("ok.png")
+
+
+def test_audio_only_and_truncated_videos_are_clear_errors_and_the_batch_goes_on(tmp_path):
+    # found trying hostile files as a user: an audio-only .mp4 stopped the whole batch with
+    # an IndexError, and a cut-off recording was analysed in part without a word
+    import av
+
+    from facelab.analyze import FaceAnalyzer
+    from facelab.analyze.batch import analyze_paths
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with av.open(str(folder / "voice.mp4"), "w") as c:
+        s = c.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for _ in range(8):
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    _video(folder / "whole.mp4", frames=40)
+    data = (folder / "whole.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
+    summary = analyze_paths(FaceAnalyzer(None, embedder="pixels"), [folder], tmp_path / "o.csv",
+                            every=0.5)
+    assert summary.done == 1  # whole.mp4
+    assert "no video stream" in summary.failed[str(folder / "voice.mp4")]
+    assert "truncated" in summary.failed[str(folder / "cut.mp4")]
 
 
 LAYERS = ["train", "evaluate", "predict", "models", "data"]

@@ -86,7 +86,8 @@ def analyze_cmd(
     typer.echo(f"{out}: {summary.done} input(s) analyzed ({summary.frames} frames, {summary.faces} "
                f"faces), {summary.skipped} already done, {len(summary.failed)} failed")
     for video, c in summary.compliance.items():
-        share = "n/a (no --run)" if c["share"] is None else f"{c['share']:.1%}"
+        why = "no faces" if not c["tracks"] else "no --run"
+        share = f"n/a ({why})" if c["share"] is None else f"{c['share']:.1%}"
         typer.echo(f"{video}: {c['tracks']} track(s), {c['person_seconds']:g} person-seconds, "
                    f"mask worn correctly {share} ({c['correct_seconds']:g} s)")
     if summary.failed:

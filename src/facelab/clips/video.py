@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from facelab.collect.video import TRUNCATED_SHARE  # one rule for every video reader
 from facelab.errors import ImageDecodeError
 from facelab.io.atomic import atomic_path
 from facelab.paths import cache_root
@@ -26,8 +27,6 @@ from facelab.paths import cache_root
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-# A clip whose container promises more frames than decode yields by this share is truncated.
-TRUNCATED_SHARE = 0.9
 
 
 def segment_indices(n: int, k: int) -> np.ndarray:

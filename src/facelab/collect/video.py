@@ -9,6 +9,9 @@ import numpy as np
 
 from facelab.errors import ConfigError, ImageDecodeError
 
+# A video whose container promises more frames than decode yields by this share is truncated.
+TRUNCATED_SHARE = 0.9
+
 
 def sample_frames(
     path: str | Path, every: float = 1.0, max_frames: int | None = None
@@ -28,11 +31,20 @@ def sample_frames(
     except (av.FFmpegError, OSError) as exc:
         raise ImageDecodeError(f"cannot open video {path}: {exc}") from exc
     with container:
+        if not container.streams.video:  # e.g. an audio-only .mp4
+            kinds = ",".join(s.type for s in container.streams) or "none"
+            raise ImageDecodeError(f"video {path} has no video stream (streams: {kinds}; "
+                                   "audio-only?); remove it from the inputs")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ImageDecodeError(f"video {path}: its codec is unknown to FFmpeg; re-encode it "
+                                   "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
         stream.thread_type = "AUTO"
-        next_t, count = 0.0, 0
+        expected = int(stream.frames or 0)
+        next_t, count, decoded = 0.0, 0, 0
         try:
             for frame in container.decode(stream):
+                decoded += 1
                 t = float(frame.time) if frame.time is not None else count * every
                 if t + 1e-6 < next_t:
                     continue
@@ -41,8 +53,13 @@ def sample_frames(
                 next_t = (np.floor(t / every + 1e-6) + 1) * every
                 if max_frames is not None and count >= max_frames:
                     return
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:
             raise ImageDecodeError(f"video {path} is corrupt after {count} frames: {exc}") from exc
+        # a cut-off recording decodes without an error but ends early: say so rather than
+        # return results for part of it as if they were the whole
+        if expected and decoded < TRUNCATED_SHARE * expected:
+            raise ImageDecodeError(f"video {path} is truncated: {decoded} of its {expected} frames "
+                                   "decode; repair or re-encode it (e.g. ffmpeg -i IN OUT.mp4)")
 
 
 def save_frames(path: str | Path, folder: str | Path, every: float = 1.0,
