@@ -498,6 +498,8 @@ def test_mirror_makes_backbone_features_mirror_invariant():
                                       f"model.mirror={str(mirror).lower()}", "sampling.eval_frames=4"])
         m = FrozenClipModel(cfg, ["adl", "fall"])
         feats[mirror] = (m.image_features(stacks), m.image_features(flipped))
+    with pytest.raises(ConfigError, match="frozen"):
+        load_clip_config(None, ["model.kind=2d", "model.mirror=true"])
     for name in ("appearance", "mhi"):
         plain, mirrored = feats[False][0][name], feats[False][1][name]
         assert not np.allclose(plain, mirrored, atol=1e-3)  # the backbone alone sees the side

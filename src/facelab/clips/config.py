@@ -164,6 +164,9 @@ class ClipConfig:
                 raise ConfigError("a frozen model's backbone must be pretrained: imagenet (its "
                                   "features are what the heads learn on; random or file weights "
                                   "are not stored in model.pt)")
+        if self.model.mirror and self.model.kind != "frozen":
+            raise ConfigError("model.mirror is for frozen models; trained models see mirror "
+                              "images through augment.hflip already")
         if self.data.size < 16 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("data.size >= 16, epochs >= 1 and batch_size >= 1 are required")
 
