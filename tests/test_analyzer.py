@@ -105,10 +105,10 @@ def test_face_analyzer_stages(tiny_run, photos):
     assert none == []
 
 
-def _video(path: Path, frames: int = 6) -> None:
+def _video(path: Path, frames: int = 6, faststart: bool = False) -> None:
     import av
 
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else None) as c:
         s = c.add_stream("mpeg4", rate=4)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         for i in range(frames):
@@ -179,14 +179,19 @@ def test_audio_only_and_truncated_videos_are_clear_errors_and_the_batch_goes_on(
                 c.mux(pkt)
         for pkt in s.encode(None):
             c.mux(pkt)
-    _video(folder / "whole.mp4", frames=40)
+    _video(folder / "whole.mp4", frames=40, faststart=True)  # index first: a cut file opens
     data = (folder / "whole.mp4").read_bytes()
     (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
     summary = analyze_paths(FaceAnalyzer(None, embedder="pixels"), [folder], tmp_path / "o.csv",
                             every=0.5)
-    assert summary.done == 1  # whole.mp4
+    assert summary.done == 2 and set(summary.failed) == {str(folder / "voice.mp4")}
     assert "no video stream" in summary.failed[str(folder / "voice.mp4")]
-    assert "truncated" in summary.failed[str(folder / "cut.mp4")]
+    # the cut recording keeps the rows of the frames that decode, and says it is partial
+    note = summary.partial[str(folder / "cut.mp4")]
+    assert "of its 40 frames decode" in note and str(folder / "whole.mp4") not in summary.partial
+    rows = pd.read_csv(tmp_path / "o.csv")
+    n_cut, n_whole = (rows["source"] == str(folder / "cut.mp4")).sum(), (rows["source"] == str(folder / "whole.mp4")).sum()
+    assert 0 < n_cut < n_whole == 20  # 10 s at 4 fps, every 0.5 s
 
 
 LAYERS = ["train", "evaluate", "predict", "models", "data"]

@@ -24,7 +24,7 @@ from facelab.detect.ssd_train import (
     train_ssd,
     unannotated_faces,
 )
-from facelab.errors import WeightsError
+from facelab.errors import ConfigError, WeightsError
 
 
 def test_encode_decode_round_trip():
@@ -150,13 +150,19 @@ def test_unannotated_faces_are_ignored_not_background(tmp_path):
     free = unannotated_faces(df, cache, 0.95)
     np.testing.assert_allclose(free["a.png"], [[100, 100, 140, 140]])
     assert len(unannotated_faces(df, cache, 0.5)["a.png"]) == 2
+    with pytest.raises(ConfigError, match="0.5, 1"):  # the cache holds faces from 0.5 up
+        unannotated_faces(df, cache, 0.3)
     rng = np.random.default_rng(0)
-    boxes = np.array([[10.0, 10, 50, 50], [100, 100, 140, 140]], np.float32)
-    marks = np.full((2, 5, 2), np.nan, np.float32)
+    # the first box lies outside the image, so augment drops it: the flags must follow
+    boxes = np.array([[300.0, 300, 340, 340], [10, 10, 50, 50], [100, 100, 140, 140]], np.float32)
+    marks = np.full((3, 5, 2), np.nan, np.float32)
     cfg = SSDTrainConfig(size=200, crop=200, scale_min=1.0, scale_max=1.0)
     _, b, _, ign = augment(rng, np.zeros((200, 200, 3), np.uint8), boxes, marks, cfg,
-                           np.array([False, True]))
+                           np.array([True, False, True]))
     assert len(b) == 2 and ign.tolist() == [False, True]
+    samples = [(np.zeros((200, 200, 3), np.uint8), boxes, marks, np.array([True, False, True]))] * 4
+    _, b, _, ign = mosaic(rng, samples, 0, cfg)  # each tile keeps one annotated, one ignored face
+    assert len(b) == 8 and ign.sum() == 4
 
 
 def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypatch):

@@ -294,6 +294,10 @@ def test_init_refuses_a_bad_embedder_checkpoint(tmp_path):
     _one_line_error(res)
     assert "weights.pt" in str(res.exception)
     assert not (tmp_path / "f.db").exists()
+    # a student that ships no weights and is given none: refused at init too
+    res = runner.invoke(app, ["db", "init", str(tmp_path / "f.db"), "--embedder", "mfn-student"])
+    _one_line_error(res)
+    assert "not found" in str(res.exception) and not (tmp_path / "f.db").exists()
 
 
 def test_enroll_is_all_or_nothing(tmp_path):

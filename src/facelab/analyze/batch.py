@@ -57,16 +57,18 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def frames_of(path: Path, every: float, max_frames: int | None
+def frames_of(path: Path, every: float, max_frames: int | None,
+              on_truncated: Callable[[str], None] | None = None
               ) -> Iterator[tuple[float | None, np.ndarray]]:
-    """(time, RGB frame) pairs: sampled frames of a video, or the image itself (time None)."""
+    """(time, RGB frame) pairs: sampled frames of a video, or the image itself (time None).
+    A cut-off video yields the frames that decode and then calls ``on_truncated``."""
     if not is_video(path):
         yield None, load_image(path)
         return
     from facelab.collect.video import sample_frames
 
     n = 0
-    for t, frame in sample_frames(path, every, max_frames):
+    for t, frame in sample_frames(path, every, max_frames, on_truncated):
         n += 1
         yield t, frame
     if n == 0:
@@ -83,6 +85,7 @@ class AnalyzeSummary:
     frames: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     compliance: dict[str, dict] = field(default_factory=dict)  # video -> tracks.compliance
+    partial: dict[str, str] = field(default_factory=dict)  # truncated video -> what was used
 
 
 def is_jsonl(path: Path) -> bool:
@@ -249,7 +252,11 @@ def analyze_one(analyzer: FaceAnalyzer, path: Path, short: str, every: float,
 
         tracker, observations = FaceTracker(**tracker_options), []
     try:
-        for t, frame in frames_of(path, every, max_frames):
+        def truncated(message: str) -> None:  # its rows are kept: they cover what decodes
+            log.warning("%s", message)
+            summary.partial[str(path)] = message
+
+        for t, frame in frames_of(path, every, max_frames, truncated):
             faces = analyzer.analyze(frame)
             summary.frames += 1
             summary.faces += len(faces)

@@ -90,6 +90,8 @@ def analyze_cmd(
         share = f"n/a ({why})" if c["share"] is None else f"{c['share']:.1%}"
         typer.echo(f"{video}: {c['tracks']} track(s), {c['person_seconds']:g} person-seconds, "
                    f"mask worn correctly {share} ({c['correct_seconds']:g} s)")
+    for message in summary.partial.values():
+        typer.secho(f"partly analyzed: {message}", fg=typer.colors.YELLOW, err=True)
     if summary.failed:
         typer.secho(f"failed inputs listed in {out.name}.errors.csv, e.g. "
                     f"{next(iter(summary.failed.values()))}", fg=typer.colors.YELLOW, err=True)

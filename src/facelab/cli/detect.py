@@ -257,7 +257,7 @@ def detect_train_cmd(
     ),
     unannotated: float = typer.Option(
         0.0, help="ssd-mbv2: ignore (neither face nor background) faces MTCNN finds at this score "
-        "in a training image that overlap no annotated box (0 = off; e.g. 0.95)."
+        "or above in a training image that overlap no annotated box (0 = off, else 0.5-1; e.g. 0.95)."
     ),
     threshold_only: bool = typer.Option(
         False, help="ssd-mbv2: no training; choose the score threshold of the --out checkpoint "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from facelab.collect.video import TRUNCATED_SHARE  # one rule for every video reader
+from facelab.collect.video import truncation, video_stream  # one rule for every video reader
 from facelab.errors import ImageDecodeError
 from facelab.io.atomic import atomic_path
 from facelab.paths import cache_root
@@ -80,13 +80,7 @@ def decode_frames(path: str | Path, convert: Callable[[Any], np.ndarray],
     times: list[float] = []
     decoded, next_t = 0, -np.inf
     with container:
-        if not container.streams.video:
-            kinds = ",".join(s.type for s in container.streams) or "none"
-            raise ImageDecodeError(f"clip {path} has no video stream (streams: {kinds}; audio-only?)")
-        stream = container.streams.video[0]
-        if stream.codec_context is None:
-            raise ImageDecodeError(f"clip {path}: its video codec is unknown to FFmpeg; re-encode "
-                                   "it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+        stream = video_stream(container, path, "clip")
         expected = int(stream.frames or 0)
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         try:
@@ -103,9 +97,9 @@ def decode_frames(path: str | Path, convert: Callable[[Any], np.ndarray],
                 f"clip {path} is corrupt or truncated after {decoded} frames: {exc}") from exc
     if not frames:
         raise ImageDecodeError(f"clip {path} has zero decodable frames")
-    if expected and decoded < TRUNCATED_SHARE * expected:
-        raise ImageDecodeError(
-            f"clip {path} is truncated: decoded {decoded} of {expected} frames")
+    message = truncation(decoded, expected, path, "clip")
+    if message:  # a clip is classified whole: part of one is not the clip
+        raise ImageDecodeError(message + "; re-encode it to use the part that decodes")
     return np.stack(frames), np.asarray(times) - times[0]
 
 

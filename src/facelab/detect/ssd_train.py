@@ -34,7 +34,7 @@ from facelab.detect.ssd import (
     anchors_for,
     encode,
 )
-from facelab.errors import DataFormatError
+from facelab.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,10 @@ def unannotated_faces(df, cache: Path, score: float, progress=None) -> dict[str,
     from facelab.detect.mtcnn import MTCNN
     from facelab.io import load_image
 
+    if not 0.5 <= score <= 1:
+        raise ConfigError(f"unannotated={score}: give an MTCNN score in [0.5, 1] (or 0 = off)")
     cols = ["image", "x1", "y1", "x2", "y2", "score"]
-    have = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=cols)
+    have = pd.read_csv(cache, dtype={"image": str}) if cache.is_file() else pd.DataFrame(columns=cols)
     done = set(have["image"])
     todo = sorted(set(df["image"]) - done)
     if todo:
@@ -515,6 +517,8 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
     from facelab.detect.ssd import build_model
     from facelab.io import load_image
 
+    if cfg.unannotated and not 0.5 <= cfg.unannotated <= 1:  # before the long passes
+        raise ConfigError(f"unannotated={cfg.unannotated}: give an MTCNN score in [0.5, 1] (or 0 = off)")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     old_threads = torch.get_num_threads()
@@ -531,7 +535,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         if cfg.unannotated:
             cache = (Path(cfg.unannotated_cache) if cfg.unannotated_cache
                      else out.with_suffix(".unannotated.csv"))  # fmt: skip
-            extra = unannotated_faces(fit, cache, cfg.unannotated, progress or _progress(True, "teacher"))
+            extra = unannotated_faces(fit, cache, cfg.unannotated, progress or _progress(True, "unannotated"))
         samples = []
         for path, idx in fit.groupby("path", sort=True).indices.items():
             g = fit.iloc[idx]

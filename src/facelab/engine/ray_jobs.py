@@ -110,10 +110,11 @@ class AnalyzeActor:
                 rows, track_rows = analyze_one(self.analyzer, Path(path), short, every, max_frames, annotate,
                                                with_embedding, s, self.tracker_options if tracked else None)
                 out.append({"path": path, "rows": json.dumps(rows), "tracks": json.dumps(track_rows),
-                            "error": "", "frames": s.frames, "faces": s.faces})
+                            "error": "", "frames": s.frames, "faces": s.faces,
+                            "partial": next(iter(s.partial.values()), "")})
             except FacelabError as exc:
                 out.append({"path": path, "rows": "[]", "tracks": "null", "error": str(exc), "frames": 0,
-                            "faces": 0})
+                            "faces": 0, "partial": ""})
         return pd.DataFrame(out)
 
 
@@ -151,6 +152,8 @@ def analyze_on_ray(analyzer: dict, paths: list[str | Path], out: str | Path, eve
                 else:
                     summary.frames += int(r["frames"])
                     summary.faces += int(r["faces"])
+                    if r["partial"]:
+                        summary.partial[r["path"]] = r["partial"]
                     sink.add(r["path"], json.loads(r["rows"]), json.loads(r["tracks"]))
                 if progress:
                     progress(summary.skipped + n, len(inputs))

@@ -270,12 +270,14 @@ class FaceDB:
         if cfg.embedder not in list_embedders():
             raise ConfigError(f"unknown embedder {cfg.embedder!r}; choose one of {list_embedders()}")
         check_detector(cfg.detector)
-        if cfg.embedder_options.get("checkpoint"):
-            # the embedder loads lazily: without this a bad weights file would be accepted
-            # here and fail at ingest, once per image
+        if "://" in str(path) or not Path(path).exists():  # a new database takes cfg
+            # the embedder loads lazily: without this a student with no weights, or a bad
+            # weights file, would be accepted here and fail at ingest, once per image
             from facelab.embed.base import get_embedder
 
-            get_embedder(cfg.embedder, **cfg.embedder_options).prepare()
+            embedder = get_embedder(cfg.embedder, **cfg.embedder_options)
+            if cfg.embedder_options.get("checkpoint"):
+                embedder.prepare()
         store = cls._open_store(path)
         rows = store.execute("SELECT value FROM meta WHERE key = 'config'")
         if rows and not exist_ok:
