@@ -7,7 +7,9 @@ the crowd crops are 2x2 mosaics of four training images at half scale (more and 
 faces per step, where the detector misses most). Unannotated (``--variants unannotated``):
 mosaic, and faces MTCNN finds at score >= 0.95 in a training image that overlap no annotated
 box are ignored instead of being background (the boxes CSV leaves background faces out;
-``ssd_train.unannotated``). All variants train with the same
+``ssd_train.unannotated``). Unfrozen (``--variants unfrozen``): mosaic, and every MobileNetV2
+block trained (``freeze 0`` instead of 4: the stride-8 features that small faces rely on
+can adapt). All variants train with the same
 settings and seeds on the training split of face-mask-detection; they are compared only on
 data that chooses things (validation images of the training split, at the score threshold
 each checkpoint gets for precision >= 0.90) and on the close-up photo sets, never on the
@@ -15,7 +17,7 @@ test split.
 
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
-        [--variants boxes photos mosaic unannotated] [--photos-limit 1500] [--out runs/bench/detect_photos]
+        [--variants boxes photos mosaic unannotated unfrozen] [--photos-limit 1500] [--out runs/bench/detect_photos]
         [--threads 2]
 
 Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
@@ -35,7 +37,8 @@ import numpy as np
 #: tag (checkpoint name) -> (row label, options)
 VARIANTS = {"boxes": ("boxes only", {}), "photos": ("boxes + photos", {"photos": True}),
             "mosaic": ("boxes, mosaic 0.5", {"mosaic": 0.5}),
-            "unannotated": ("mosaic 0.5, unannotated faces ignored", {"mosaic": 0.5, "unannotated": 0.95})}
+            "unannotated": ("mosaic 0.5, unannotated faces ignored", {"mosaic": 0.5, "unannotated": 0.95}),
+            "unfrozen": ("mosaic 0.5, no backbone block frozen", {"mosaic": 0.5, "freeze": 0})}
 
 
 def main() -> int:
@@ -73,6 +76,7 @@ def main() -> int:
                                      photos_limit=args.photos_limit,
                                      mosaic=options.get("mosaic", 0.0),
                                      unannotated=options.get("unannotated", 0.0),
+                                     freeze=options.get("freeze", SSDTrainConfig.freeze),
                                      unannotated_cache=str(args.out / "unannotated.csv"),
                                      landmarks=str(args.out / "landmarks.csv"),
                                      teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip
