@@ -184,6 +184,10 @@ def test_audio_only_and_truncated_videos_are_clear_errors_and_the_batch_goes_on(
     (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
     summary = analyze_paths(FaceAnalyzer(None, embedder="pixels"), [folder], tmp_path / "o.csv",
                             every=0.5)
+    song = tmp_path / "song.m4a"  # given by name: neither image nor video
+    song.write_bytes((folder / "voice.mp4").read_bytes())
+    one = analyze_paths(FaceAnalyzer(None, embedder="pixels"), [song], tmp_path / "s.csv")
+    assert "neither an image nor a video" in one.failed[str(song)]
     assert summary.done == 2 and set(summary.failed) == {str(folder / "voice.mp4")}
     assert "no video stream" in summary.failed[str(folder / "voice.mp4")]
     # the cut recording keeps the rows of the frames that decode, and says it is partial

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from facelab.analyze.analyzer import AnalyzedFace, FaceAnalyzer, attribute_columns
-from facelab.errors import DataFormatError, FacelabError
+from facelab.errors import DataFormatError, FacelabError, ImageDecodeError
 from facelab.io.image import IMAGE_EXTENSIONS, load_image
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,17 @@ def frames_of(path: Path, every: float, max_frames: int | None,
     """(time, RGB frame) pairs: sampled frames of a video, or the image itself (time None).
     A cut-off video yields the frames that decode and then calls ``on_truncated``."""
     if not is_video(path):
-        yield None, load_image(path)
+        try:
+            image = load_image(path)
+        except ImageDecodeError as exc:
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                raise
+            # e.g. an audio file given by name: "convert it to JPEG" would be the wrong advice
+            raise ImageDecodeError(
+                f"{path}: neither an image nor a video facelab reads (videos: "
+                f"{', '.join(VIDEO_EXTENSIONS)}; images: {', '.join(IMAGE_EXTENSIONS)}); "
+                "remove it from the inputs or convert it") from exc
+        yield None, image
         return
     from facelab.collect.video import sample_frames
 
