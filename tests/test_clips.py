@@ -23,10 +23,11 @@ from facelab.paths import missing_data
 
 
 def write_clip(path: Path, kind: str, n: int = 20, size: int = 48, seed: int = 0,
-               codec: str = "mpeg4") -> Path:
-    """A square on a noisy background: 'fall' drops fast, 'adl' moves sideways slowly."""
+               codec: str = "mpeg4", faststart: bool = False) -> Path:
+    """A square on a noisy background: 'fall' drops fast, 'adl' moves sideways slowly.
+    `faststart`: the MP4 index first, so a file cut short still opens."""
     rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else None) as out:
         stream = out.add_stream(codec, rate=10)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -145,6 +146,9 @@ def test_bad_inputs_are_listed_and_the_batch_goes_on(tmp_path):
     good = write_clip(tmp_path / "good.mp4", "fall", codec="libx264")
     bad = {
         "truncated": write_truncated(tmp_path / "trunc.mp4", good),
+        # index first: the cut file opens, and fewer frames decode than it promises
+        "cut": write_truncated(tmp_path / "cut.mp4", write_clip(tmp_path / "fs.mp4", "fall", n=40,
+                                                                 faststart=True)),
         "zero": write_zero_frames(tmp_path / "zero.avi"),
         "audio": write_audio_only(tmp_path / "audio.mp4"),
         "text": tmp_path / "notes.mp4",
@@ -152,7 +156,8 @@ def test_bad_inputs_are_listed_and_the_batch_goes_on(tmp_path):
         "codec": write_unknown_codec(tmp_path / "unknown.avi"),
     }
     bad["text"].write_text("this is not a video")
-    expected = {"truncated": "cannot open", "zero": "zero decodable frames", "audio": "no video stream",
+    expected = {"truncated": "cannot open", "cut": "frames decode", "zero": "zero decodable frames",
+                "audio": "no video stream",
                 "text": "cannot open", "missing": "not found", "codec": "codec is unknown"}
     for name, path in bad.items():
         with pytest.raises(ImageDecodeError) as exc:
