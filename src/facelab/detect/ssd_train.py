@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.detect.evaluate import iou_matrix, read_boxes, split_rows, track_items
+from facelab.detect.evaluate import intersection_matrix, iou_matrix, read_boxes, split_rows, track_items
 from facelab.detect.ssd import (
     ARCH,
     FLIP_LANDMARKS,
@@ -174,6 +174,13 @@ def distill_landmarks(df, cache: Path, progress=None) -> tuple[np.ndarray, np.nd
     return merged[cols[:10]].to_numpy(float).reshape(-1, 5, 2), merged[cols[10:]].to_numpy(float)
 
 
+def check_unannotated(score: float) -> None:
+    """ConfigError unless ``score`` is an MTCNN score the unannotated-faces cache can answer
+    (it keeps MTCNN's faces from 0.5 up)."""
+    if not 0.5 <= score <= 1:
+        raise ConfigError(f"unannotated={score}: give an MTCNN score in [0.5, 1] (or 0 = off)")
+
+
 def unannotated_faces(df, cache: Path, score: float, progress=None) -> dict[str, np.ndarray]:
     """Faces MTCNN finds (score >= ``score``) in each image of ``df`` that overlap no annotated
     box (IoU < 0.3, and under half of the face inside one): image -> (n, 4) boxes. MTCNN's
@@ -187,8 +194,7 @@ def unannotated_faces(df, cache: Path, score: float, progress=None) -> dict[str,
     from facelab.detect.mtcnn import MTCNN
     from facelab.io import load_image
 
-    if not 0.5 <= score <= 1:
-        raise ConfigError(f"unannotated={score}: give an MTCNN score in [0.5, 1] (or 0 = off)")
+    check_unannotated(score)
     cols = ["image", "x1", "y1", "x2", "y2", "score"]
     have = pd.read_csv(cache, dtype={"image": str}) if cache.is_file() else pd.DataFrame(columns=cols)
     done = set(have["image"])
@@ -208,9 +214,7 @@ def unannotated_faces(df, cache: Path, score: float, progress=None) -> dict[str,
         gt = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
         t = have[(have["image"] == image) & (have["score"] >= score)][["x1", "y1", "x2", "y2"]].to_numpy(float)
         if len(t):
-            inter_w = np.clip(np.minimum(t[:, None, 2], gt[None, :, 2]) - np.maximum(t[:, None, 0], gt[None, :, 0]), 0, None)
-            inter_h = np.clip(np.minimum(t[:, None, 3], gt[None, :, 3]) - np.maximum(t[:, None, 1], gt[None, :, 1]), 0, None)
-            inside = (inter_w * inter_h) / np.maximum((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]), 1e-6)[:, None]
+            inside = intersection_matrix(t, gt) / np.maximum((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]), 1e-6)[:, None]
             free = (iou_matrix(t, gt).max(1) < 0.3) & (inside.max(1) < 0.5)
             t = t[free]
         out[str(image)] = t.astype(np.float32).reshape(-1, 4)
@@ -517,8 +521,8 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
     from facelab.detect.ssd import build_model
     from facelab.io import load_image
 
-    if cfg.unannotated and not 0.5 <= cfg.unannotated <= 1:  # before the long passes
-        raise ConfigError(f"unannotated={cfg.unannotated}: give an MTCNN score in [0.5, 1] (or 0 = off)")
+    if cfg.unannotated:  # before the long passes
+        check_unannotated(cfg.unannotated)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     old_threads = torch.get_num_threads()
@@ -540,14 +544,10 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         for path, idx in fit.groupby("path", sort=True).indices.items():
             g = fit.iloc[idx]
             boxes, lms = g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32), marks[idx].astype(np.float32)
-            if cfg.unannotated:
-                t = extra[str(g["image"].iloc[0])]
-                forced = np.r_[np.zeros(len(boxes), bool), np.ones(len(t), bool)]
-                boxes = np.concatenate([boxes, t])
-                lms = np.concatenate([lms, np.full((len(t), 5, 2), np.nan, np.float32)])
-                samples.append((load_image(path), boxes, lms, forced))
-            else:
-                samples.append((load_image(path), boxes, lms))
+            t = extra.get(str(g["image"].iloc[0]), np.zeros((0, 4), np.float32))  # always ignored
+            samples.append((load_image(path), np.concatenate([boxes, t]),
+                            np.concatenate([lms, np.full((len(t), 5, 2), np.nan, np.float32)]),
+                            np.r_[np.zeros(len(boxes), bool), np.ones(len(t), bool)]))  # fmt: skip
         photos, patches, photo_meta = _photo_supervision(cfg, out, offsets, progress)
         data = _Crops(samples, cfg, photos, patches)
         loader = torch.utils.data.DataLoader(
