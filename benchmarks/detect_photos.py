@@ -18,7 +18,7 @@ test split.
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
         [--variants boxes photos mosaic unannotated unfrozen] [--photos-limit 1500] [--out runs/bench/detect_photos]
-        [--threads 2]
+        [--threads 2] [--infer-size 576]
 
 Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
 with 2 threads on an idle 2-core CPU.
@@ -55,6 +55,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/detect_photos"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["boxes", "photos"], choices=list(VARIANTS))
+    ap.add_argument("--infer-size", type=int, default=576,
+                    help="letterbox side every checkpoint is thresholded and run at (480 before 2026-12-01 session 4)")
     args = ap.parse_args()
     missing = missing_data("face-mask-detection", *(["lfw-train"] if "photos" in args.variants else []))
     if missing:
@@ -81,10 +83,10 @@ def main() -> int:
                                      landmarks=str(args.out / "landmarks.csv"),
                                      teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip
                 train_ssd(cfg)
-            thr = choose_score_threshold(out, val, 0.90)
+            thr = choose_score_threshold(out, val, 0.90, size=args.infer_size)
             row = {"variant": name, "seed": seed, "threshold": thr["score_thresh"],
                    "val recall @P>=0.90": thr["val_recall"], "val precision": thr["val_precision"]}
-            det = SSDMobileNetV2Detector(weights=str(out), score_thresh=thr["score_thresh"])
+            det = SSDMobileNetV2Detector(weights=str(out), score_thresh=thr["score_thresh"], size=args.infer_size)
             for set_name, files in close_ups.items():
                 res = evaluate_photos(det, files, progress=False)
                 r = res.row()

@@ -170,11 +170,14 @@ def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypat
     side = _synthetic_boxes(tmp_path)
     assert "test" in side.values()
     cfg = SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=96, crop=64,
-                         epochs=1, batch_size=4, precision_target=0.5, mosaic=0.5)  # fmt: skip
+                         infer_size=128, epochs=1, batch_size=4, precision_target=0.5, mosaic=0.5)  # fmt: skip
     meta = train_ssd(cfg, progress=None)  # mosaic tiles draw from the training images only
     used = set(meta["train_image_names"])
     assert used and not {n for n, s in side.items() if s == "test"} & used
     assert meta["arch"] == "ssd-mbv2" and 0 <= meta["score_thresh"] <= 1
+    # trained at the 96 px reference scale, runs (and was thresholded) at infer_size
+    assert meta["size"] == 128 and meta["config"]["size"] == 96
+    assert get_detector("ssd-mbv2", weights=str(tmp_path / "d.pt")).prepare().cfg.size == 128
 
     from facelab.detect.ssd_onnx import export_ssd, ssd_parity
 
@@ -189,6 +192,17 @@ def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypat
     for x, y in zip(fa, fb):
         for f, g in zip(x, y):
             np.testing.assert_allclose(f.box, g.box, atol=0.05)
+    # a batch mixing portrait and landscape photos: canvases hold one shape each, and every
+    # image gets exactly the faces it gets alone, in input order
+    mixed = [images[0], np.ascontiguousarray(images[1].transpose(1, 0, 2)), images[2],
+             np.ascontiguousarray(images[0].transpose(1, 0, 2))]  # fmt: skip
+    canvases = []
+    forward = a._forward
+    a._forward = lambda canvas: canvases.append(canvas.shape) or forward(canvas)
+    together = a.detect_batch(mixed)
+    assert len({c[1:3] for c in canvases}) == len(canvases) == 4  # 2 shapes x (fine, coarse)
+    alone = [a.detect_batch([im])[0] for im in mixed]
+    assert [[f.box for f in x] for x in together] == [[f.box for f in x] for x in alone]
     # usable in cascade specs like any backend
     union = detector_from_spec(f"ssd-mbv2(weights={tmp_path / 'd.pt'})|haar")
     assert isinstance(union.detect(images[0]), list)
@@ -274,7 +288,7 @@ def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
     side = _synthetic_boxes(tmp_path)
     photos = _photo_folder(tmp_path)
     cfg = SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=96, crop=64,
-                         epochs=1, batch_size=4, precision_target=0.5, photos=[str(photos)],
+                         infer_size=0, epochs=1, batch_size=4, precision_target=0.5, photos=[str(photos)],
                          teacher_cache=str(tmp_path / "teacher.csv"), paste_prob=1.0,
                          paste_mask=0.0, photo_share=0.5)  # fmt: skip
     meta = train_ssd(cfg, progress=None)
@@ -283,7 +297,8 @@ def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
 
     from facelab.detect.ssd_train import rethreshold
 
-    again = rethreshold(SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), size=128,
+    assert meta["size"] == 96  # infer_size 0: runs at the reference size
+    again = rethreshold(SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), infer_size=128,
                                        precision_target=0.5))  # fmt: skip
     assert again["size"] == 128 and again["photo_faces"] == 5  # the rest of the meta is kept
     assert get_detector("ssd-mbv2", weights=str(tmp_path / "d.pt")).prepare().cfg.size == 128

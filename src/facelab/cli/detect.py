@@ -232,7 +232,8 @@ def detect_train_cmd(
     ),
     min_face_size: float = typer.Option(10.0, help="mtcnn-mask: smallest face searched for (px)."),
     precision_target: float = typer.Option(0.9, help="Validation precision the threshold aims at."),
-    size: int = typer.Option(480, help="ssd-mbv2: training crop and inference input side (px)."),
+    size: int = typer.Option(480, help="ssd-mbv2: reference letterbox side for the training scales (px)."),
+    infer_size: int = typer.Option(576, help="ssd-mbv2: letterbox side the detector runs at, saved in the checkpoint (px; 0 = --size)."),
     crop: int = typer.Option(224, help="ssd-mbv2: training crop side, px (0 = --size)."),
     freeze: int = typer.Option(4, help="ssd-mbv2: MobileNetV2 blocks kept frozen."),
     epochs: int = typer.Option(30, help="ssd-mbv2: passes over the training images."),
@@ -261,7 +262,7 @@ def detect_train_cmd(
     ),
     threshold_only: bool = typer.Option(
         False, help="ssd-mbv2: no training; choose the score threshold of the --out checkpoint "
-        "again on the validation images (at --size) and write it into the checkpoint."
+        "again on the validation images (at --infer-size) and write it and that size into the checkpoint."
     ),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),
@@ -301,7 +302,7 @@ def detect_train_cmd(
 
         out = out or Path("runs/detect/ssd-mbv2.pt")
         cfg = SSDTrainConfig(
-            boxes=str(boxes), out=str(out), size=size, crop=crop, freeze=freeze, epochs=epochs,
+            boxes=str(boxes), out=str(out), size=size, infer_size=infer_size, crop=crop, freeze=freeze, epochs=epochs,
             batch_size=batch_size, save_every=1,
             lr=lr, workers=workers, device=device, landmarks=str(landmarks or ""),
             precision_target=precision_target, threads=threads, seed=seed,

@@ -359,18 +359,32 @@ class _SSDBase(Detector):
         return [[f for f in faces if f.width >= self.cfg.min_size] for faces in out]
 
     def _pass(self, images: list[np.ndarray], size: int) -> list[list[Face]]:
-        """Faces of every image at one letterbox size."""
-        out = []
+        """Faces of every image at one letterbox size.
+
+        Images are batched by letterboxed shape (portrait with portrait, landscape with
+        landscape): one canvas holds a batch, so a single portrait photo among landscape
+        ones would otherwise make every image of its batch pay for a square canvas."""
+        out: list[list[Face]] = [[] for _ in images]
         step = max(1, int(self.cfg.batch))
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(_canvas_shape(im.shape[:2], size), []).append(i)
+        batches = [g[k : k + step] for g in groups.values() for k in range(0, len(g), step)]
+        for idx in batches:
+            chunk = [images[i] for i in idx]
             canvas, scales = letterbox_batch(chunk, size)
             boxes, logits, marks = self._forward(canvas)
             anchors = anchors_for(canvas.shape[1], canvas.shape[2])
-            for i, (im, s) in enumerate(zip(chunk, scales)):
-                out.append(faces_from_outputs(boxes[i], logits[i], marks[i], anchors, s,
-                                              im.shape[:2], self.cfg.score_thresh, self.cfg.nms))  # fmt: skip
+            for row, (i, im, s) in enumerate(zip(idx, chunk, scales)):
+                out[i] = faces_from_outputs(boxes[row], logits[row], marks[row], anchors, s,
+                                            im.shape[:2], self.cfg.score_thresh, self.cfg.nms)  # fmt: skip
         return out
+
+
+def _canvas_shape(shape: tuple[int, int], size: int, multiple: int = 32) -> tuple[int, int]:
+    """The (height, width) canvas :func:`letterbox_batch` gives one image of ``shape``."""
+    s = size / max(shape)
+    return tuple(-(-max(1, round(d * s)) // multiple) * multiple for d in shape)
 
 
 def merge_scales(fine: list[Face], coarse: list[Face], nms: float = 0.4,

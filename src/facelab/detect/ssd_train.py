@@ -8,7 +8,7 @@ threshold. Test images are never opened.
 - Landmark targets are distilled from MTCNN: each ground-truth face gets the 5 landmarks of
   the MTCNN face matching it (IoU >= 0.5); faces MTCNN misses (often masked ones) have no
   landmark loss. They are computed once and cached in a CSV (``landmarks`` setting).
-- Augmentation: random scale (0.5x-2x around the inference scale), random crop/pad to a
+- Augmentation: random scale (0.5x-2x around the reference scale (`size`)), random crop/pad to a
   square, horizontal flip (landmarks swapped), colour jitter; faces cut by the crop to
   less than 60 % or smaller than 4 px are ignored (neither positive nor negative).
 - Anchors match faces at IoU >= 0.35 (each face also gets its best anchor); the score is
@@ -46,14 +46,18 @@ class SSDTrainConfig:
     Attributes:
         boxes: boxes CSV or a folder holding boxes.csv.
         out: checkpoint to write.
-        size: inference letterbox side, pixels (training scales are relative to it).
+        size: reference letterbox side, pixels: training scales are relative to it.
+        infer_size: the letterbox side the detector runs at (saved as the checkpoint's
+            ``size``; the score threshold is chosen at it); 0 = ``size``. 576 was chosen on
+            validation images over two seeds: the 400 px crowd photos' small faces get more
+            pixels than at the 480 px training scale (docs/detection.md, "Input size").
         crop: training crop side (0 = ``size``); smaller crops train faster at the same scale.
         freeze: MobileNetV2 feature blocks kept frozen (ImageNet weights, BN statistics).
         epochs: passes over the training images.
         batch_size: crops per step.
         lr: AdamW peak learning rate (cosine decay, linear warm-up).
         weight_decay: AdamW weight decay.
-        scale_min / scale_max: random scale range around the inference scale.
+        scale_min / scale_max: random scale range around the reference scale.
         fpn: feature-pyramid channels.
         landmarks: CSV caching the MTCNN landmark targets ('' = beside ``out``).
         test_fraction: images held out by name hash (never read here).
@@ -86,6 +90,7 @@ class SSDTrainConfig:
     boxes: str = ""
     out: str = f"runs/detect/{ARCH}.pt"
     size: int = 480
+    infer_size: int = 576
     crop: int = 224
     freeze: int = 4
     epochs: int = 30
@@ -470,7 +475,7 @@ def rethreshold(cfg: SSDTrainConfig) -> dict:
     if meta.get("test_fraction", cfg.test_fraction) != cfg.test_fraction:
         raise DataFormatError(f"{out} was trained with test_fraction {meta['test_fraction']}")
     _, val = training_split(read_boxes(cfg.boxes), cfg)
-    meta.update(choose_score_threshold(out, val, cfg.precision_target, size=cfg.size))
+    meta.update(choose_score_threshold(out, val, cfg.precision_target, size=cfg.infer_size or cfg.size))
     _save_state(ckpt["state"], meta, out)
     return meta
 
@@ -569,7 +574,7 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
         )
         history: list = []
         meta = {
-            "arch": ARCH, "size": cfg.size, "fpn": cfg.fpn, "score_thresh": 0.5,
+            "arch": ARCH, "size": cfg.infer_size or cfg.size, "fpn": cfg.fpn, "score_thresh": 0.5,
             "split": "image-hash", "test_fraction": cfg.test_fraction,
             "train_images": int(fit["image"].nunique()), "train_faces": int(len(fit)),
             "train_image_names": sorted(fit["image"].unique().tolist()),
