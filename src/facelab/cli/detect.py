@@ -253,6 +253,7 @@ def detect_train_cmd(
     paste_prob: float = typer.Option(0.5, help="ssd-mbv2: chance a crop gets pasted photo faces."),
     paste_mask: float = typer.Option(0.3, help="ssd-mbv2: chance a pasted face wears a rendered mask."),
     mosaic: float = typer.Option(0.5, help="ssd-mbv2: chance a boxes-CSV crop is a 2x2 mosaic of four training images at half scale (0 = off)."),
+    unmasked_repeat: int = typer.Option(1, help="ssd-mbv2: draw each training image holding an unmasked face this many times per epoch."),
     teacher_cache: Path | None = typer.Option(
         None, help="ssd-mbv2: CSV caching the teacher's photo boxes [<out>.teacher.csv]."
     ),
@@ -308,7 +309,7 @@ def detect_train_cmd(
             precision_target=precision_target, threads=threads, seed=seed,
             photos=[str(p) for p in photos], photos_limit=photos_limit, photo_share=photo_share,
             paste_prob=paste_prob, paste_mask=paste_mask, teacher_cache=str(teacher_cache or ""),
-            mosaic=mosaic, unannotated=unannotated,
+            mosaic=mosaic, unannotated=unannotated, unmasked_repeat=unmasked_repeat,
         )  # fmt: skip
         meta = rethreshold(cfg) if threshold_only else train_ssd(cfg)
         dest = default_ssd_weights()

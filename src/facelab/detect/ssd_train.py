@@ -85,6 +85,9 @@ class SSDTrainConfig:
             background; 0 = off). The boxes CSVs leave background faces unannotated, and as
             negatives they teach the detector to miss them.
         unannotated_cache: CSV caching those faces ('' = beside ``out``).
+        unmasked_repeat: each training image holding an unmasked (``without_mask``) face is
+            drawn this many times per epoch (1 = once, like every other image): unmasked
+            faces are 18 % of the training faces and the ones the detector misses most.
     """
 
     boxes: str = ""
@@ -120,6 +123,7 @@ class SSDTrainConfig:
     mosaic: float = 0.5
     unannotated: float = 0.0
     unannotated_cache: str = ""
+    unmasked_repeat: int = 1
 
 
 def training_split(df, cfg: SSDTrainConfig):
@@ -366,15 +370,18 @@ class _Crops:
     Items ``0..len(samples)-1`` are the boxes CSV's images (with pasted faces at
     ``paste_prob``); the rest of an epoch are whole photos drawn afresh each epoch."""
 
-    def __init__(self, samples: list, cfg: SSDTrainConfig, photos: list = (), patches: list = ()) -> None:
+    def __init__(self, samples: list, cfg: SSDTrainConfig, photos: list = (), patches: list = (),
+                 repeats: list[int] | None = None) -> None:
         self.samples, self.cfg = samples, cfg
+        # item -> sample: each sample ``repeats[j]`` times (once each by default)
+        self.index = [j for j, r in enumerate(repeats or [1] * len(samples)) for _ in range(r)]
         self.photos, self.patches = list(photos), list(patches)
         self.n_photos = round(cfg.photo_share * len(samples)) if self.photos else 0
         self.anchors = anchors_for(cfg.crop or cfg.size, cfg.crop or cfg.size)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.samples) + self.n_photos
+        return len(self.index) + self.n_photos
 
     def __getitem__(self, i: int):
         import torch
@@ -382,15 +389,16 @@ class _Crops:
         from facelab.detect.paste import paste_faces
 
         rng = np.random.default_rng([self.cfg.seed, self.epoch, i])
-        if i < len(self.samples):
-            image, boxes, marks, *forced = self.samples[i]  # forced: unannotated faces, ignored
+        boxes_item = i < len(self.index)
+        if boxes_item:
+            image, boxes, marks, *forced = self.samples[self.index[i]]  # forced: unannotated faces, ignored
         else:
             image, boxes, marks, *forced = self.photos[int(rng.integers(len(self.photos)))]
-        if i < len(self.samples) and self.cfg.mosaic and rng.random() < self.cfg.mosaic:
-            im, b, m, ign = mosaic(rng, self.samples, i, self.cfg)
+        if boxes_item and self.cfg.mosaic and rng.random() < self.cfg.mosaic:
+            im, b, m, ign = mosaic(rng, self.samples, self.index[i], self.cfg)
         else:
             im, b, m, ign = augment(rng, image, boxes, marks, self.cfg, *forced)
-        if i < len(self.samples) and self.patches and rng.random() < self.cfg.paste_prob:
+        if boxes_item and self.patches and rng.random() < self.cfg.paste_prob:
             n = int(rng.integers(1, self.cfg.paste_max + 1))
             im, b, m, ign = paste_faces(rng, im, b, m, ign, self.patches, n, mask_prob=self.cfg.paste_mask)
         labels, tbox, tlm, lmask = assign(self.anchors, b, m, ign)
@@ -545,16 +553,17 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
             cache = (Path(cfg.unannotated_cache) if cfg.unannotated_cache
                      else out.with_suffix(".unannotated.csv"))  # fmt: skip
             extra = unannotated_faces(fit, cache, cfg.unannotated, progress or _progress(True, "unannotated"))
-        samples = []
+        samples, repeats = [], []
         for path, idx in fit.groupby("path", sort=True).indices.items():
             g = fit.iloc[idx]
+            repeats.append(max(1, cfg.unmasked_repeat) if (g["label"] == "without_mask").any() else 1)
             boxes, lms = g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32), marks[idx].astype(np.float32)
             t = extra.get(str(g["image"].iloc[0]), np.zeros((0, 4), np.float32))  # always ignored
             samples.append((load_image(path), np.concatenate([boxes, t]),
                             np.concatenate([lms, np.full((len(t), 5, 2), np.nan, np.float32)]),
                             np.r_[np.zeros(len(boxes), bool), np.ones(len(t), bool)]))  # fmt: skip
         photos, patches, photo_meta = _photo_supervision(cfg, out, offsets, progress)
-        data = _Crops(samples, cfg, photos, patches)
+        data = _Crops(samples, cfg, photos, patches, repeats)
         loader = torch.utils.data.DataLoader(
             data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
             drop_last=len(data) > cfg.batch_size, persistent_workers=False,
