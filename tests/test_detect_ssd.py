@@ -325,3 +325,19 @@ def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
     (_, b1, _), p1 = (x[0] for x in load_photo_faces(labels, offsets=off))
     np.testing.assert_allclose(b1[0] - b0[0], [0, 4, 0, 6], atol=1e-4)  # 40 px box
     np.testing.assert_allclose(p1.box[3] - p1.box[1], 40 * 1.05, atol=1e-4)
+
+
+def test_unmasked_repeat_draws_an_image_that_many_times_per_epoch():
+    from facelab.detect.ssd_train import _Crops
+
+    box = np.array([[20.0, 20, 60, 60]], np.float32)
+    none = np.full((1, 5, 2), np.nan, np.float32)
+    flags = np.zeros(1, bool)
+    dark = (np.full((96, 96, 3), 10, np.uint8), box, none, flags)
+    light = (np.full((96, 96, 3), 240, np.uint8), box, none, flags)
+    cfg = SSDTrainConfig(size=96, crop=64, scale_min=1.0, scale_max=1.0)
+    data = _Crops([dark, light], cfg, repeats=[1, 3])
+    assert len(data) == 4 and len(_Crops([dark, light], cfg)) == 2
+    means = [float(data[i][0].float().mean()) for i in range(len(data))]
+    assert means[0] < 60 and min(means[1:]) > 60  # the light image, three times (colour jitter moves means)
+    assert len({round(m, 3) for m in means[1:]}) > 1  # each copy augmented afresh
