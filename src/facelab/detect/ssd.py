@@ -197,8 +197,7 @@ def letterbox_batch(images: list[np.ndarray], size: int, multiple: int = 32):
     import cv2
 
     scales = [size / max(im.shape[:2]) for im in images]
-    dims = [(max(1, round(im.shape[0] * s)), max(1, round(im.shape[1] * s)))
-            for im, s in zip(images, scales)]  # fmt: skip
+    dims = [_scaled_dims(im.shape[:2], size) for im in images]
     h = -(-max(d[0] for d in dims) // multiple) * multiple
     w = -(-max(d[1] for d in dims) // multiple) * multiple
     canvas = np.full((len(images), h, w, 3), PAD_VALUE, np.uint8)
@@ -381,10 +380,15 @@ class _SSDBase(Detector):
         return out
 
 
+def _scaled_dims(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(height, width) of an image of ``shape`` scaled so its longer side is ``size``."""
+    s = size / max(shape)
+    return max(1, round(shape[0] * s)), max(1, round(shape[1] * s))
+
+
 def _canvas_shape(shape: tuple[int, int], size: int, multiple: int = 32) -> tuple[int, int]:
     """The (height, width) canvas :func:`letterbox_batch` gives one image of ``shape``."""
-    s = size / max(shape)
-    return tuple(-(-max(1, round(d * s)) // multiple) * multiple for d in shape)
+    return tuple(-(-d // multiple) * multiple for d in _scaled_dims(shape, size))
 
 
 def merge_scales(fine: list[Face], coarse: list[Face], nms: float = 0.4,
