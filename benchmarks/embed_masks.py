@@ -15,7 +15,8 @@ For each model (dlib's ResNet, and every student whose weights are found: the bu
 * parameters, and network faces/s (flip TTA included, ONNX Runtime, 2 threads) on this CPU.
 
 Every model gets the same chips: facelab's default pipeline (MTCNN box, central face,
-fallback whole image) then dlib's 5-point chip, cached under $FACELAB_CACHE. Nothing here
+fallback whole image; ``--detector`` for another, e.g. the analyzer's ssd-mbv2-onnx) then
+dlib's 5-point chip, cached under $FACELAB_CACHE. Nothing here
 chooses a setting: students were chosen on held-out lfw-train identities.
 
     OMP_NUM_THREADS=2 python benchmarks/embed_masks.py
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 
-def detect_chips(paths: list[str], root: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+def detect_chips(paths: list[str], root: Path, cache: Path,
+                 detector: str = "mtcnn") -> tuple[np.ndarray, np.ndarray]:
     """(chips, chip landmarks) for every image, cached."""
     if cache.is_file():
         z = np.load(cache)
@@ -43,7 +45,7 @@ def detect_chips(paths: list[str], root: Path, cache: Path) -> tuple[np.ndarray,
     from facelab.embed.pipeline import FacePipeline, PipelineConfig
     from facelab.io.image import load_image
 
-    pipe = FacePipeline(PipelineConfig(detector="mtcnn", largest_only=True, select="central"),
+    pipe = FacePipeline(PipelineConfig(detector=detector, largest_only=True, select="central"),
                         embedder=object())  # type: ignore[arg-type]  (detection only)
     chipper = DlibResNetEmbedder()
     maker = ChipMaker()
@@ -109,6 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", nargs="*", default=[], help="KIND=PATH (dlib, dlib-lite, mobilefacenet, mobilenetv2)")
     ap.add_argument("--speed-chips", type=int, default=256)
+    ap.add_argument("--detector", default="mtcnn",
+                    help="detector of the chips (facelab's verification default: mtcnn; the analyzer's: ssd-mbv2-onnx)")
     ap.add_argument("--embeddings-out", type=Path, default=None,
                     help="folder for <model>_lfw.npz (paths + vectors) for benchmarks/search_bench.py --lfw")
     args = ap.parse_args()
@@ -121,11 +125,12 @@ def main() -> None:
     lfw = lfw[lfw["fold"].isin([1, 2, 3])].reset_index(drop=True)
     rmfd = load_pairs(rmfd_root / "pairs.csv")
     cache = cache_root() / "embed_masks"
+    tag = "" if args.detector == "mtcnn" else "_" + "".join(c if c.isalnum() else "-" for c in args.detector)
     lfw_paths = sorted(set(lfw.image_a) | set(lfw.image_b))
-    lfw_chips, lfw_lm = detect_chips(lfw_paths, lfw_root, cache / "lfw_chips.npz")
+    lfw_chips, lfw_lm = detect_chips(lfw_paths, lfw_root, cache / f"lfw_chips{tag}.npz", args.detector)
     ids = __import__("pandas").read_csv(rmfd_root / "identities.csv")
     rmfd_paths = sorted(set(rmfd.image_a) | set(rmfd.image_b) | set(ids.image))
-    rmfd_chips, rmfd_lm = detect_chips(rmfd_paths, rmfd_root, cache / "rmfd_chips.npz")
+    rmfd_chips, rmfd_lm = detect_chips(rmfd_paths, rmfd_root, cache / f"rmfd_chips{tag}.npz", args.detector)
     lfw_ix = {p: i for i, p in enumerate(lfw_paths)}
     rmfd_ix = {p: i for i, p in enumerate(rmfd_paths)}
     b_rows = sorted({lfw_ix[p] for p in lfw.image_b})
