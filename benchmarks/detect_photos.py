@@ -10,7 +10,8 @@ box are ignored instead of being background (the boxes CSV leaves background fac
 ``ssd_train.unannotated``). Unfrozen (``--variants unfrozen``): mosaic, and every MobileNetV2
 block trained (``freeze 0`` instead of 4: the stride-8 features that small faces rely on
 can adapt). Unmasked (``--variants unmasked``): mosaic, and every image holding an unmasked
-face drawn twice per epoch (``unmasked_repeat``). All variants train with the same
+face drawn twice per epoch (``unmasked_repeat``). Ref576 (``--variants ref576``): mosaic, with the
+training scales drawn around 576 px (``size``), the inference size, instead of 480. All variants train with the same
 settings and seeds on the training split of face-mask-detection; they are compared only on
 data that chooses things (validation images of the training split, at the score threshold
 each checkpoint gets for precision >= 0.90) and on the close-up photo sets, never on the
@@ -18,7 +19,7 @@ test split.
 
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
-        [--variants boxes photos mosaic unannotated unfrozen unmasked] [--photos-limit 1500] [--out runs/bench/detect_photos]
+        [--variants boxes photos mosaic unannotated unfrozen unmasked ref576] [--photos-limit 1500] [--out runs/bench/detect_photos]
         [--threads 2] [--infer-size 576]
 
 Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
@@ -40,7 +41,8 @@ VARIANTS = {"boxes": ("boxes only", {}), "photos": ("boxes + photos", {"photos":
             "mosaic": ("boxes, mosaic 0.5", {"mosaic": 0.5}),
             "unannotated": ("mosaic 0.5, unannotated faces ignored", {"mosaic": 0.5, "unannotated": 0.95}),
             "unfrozen": ("mosaic 0.5, no backbone block frozen", {"mosaic": 0.5, "freeze": 0}),
-            "unmasked": ("mosaic 0.5, unmasked images x2", {"mosaic": 0.5, "unmasked_repeat": 2})}
+            "unmasked": ("mosaic 0.5, unmasked images x2", {"mosaic": 0.5, "unmasked_repeat": 2}),
+            "ref576": ("mosaic 0.5, training scales around 576 px", {"mosaic": 0.5, "size": 576})}
 
 
 def main() -> int:
@@ -82,6 +84,7 @@ def main() -> int:
                                      unannotated=options.get("unannotated", 0.0),
                                      freeze=options.get("freeze", SSDTrainConfig.freeze),
                                      unmasked_repeat=options.get("unmasked_repeat", 1),
+                                     size=options.get("size", SSDTrainConfig.size),
                                      unannotated_cache=str(args.out / "unannotated.csv"),
                                      landmarks=str(args.out / "landmarks.csv"),
                                      teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip
