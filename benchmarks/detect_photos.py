@@ -11,7 +11,8 @@ box are ignored instead of being background (the boxes CSV leaves background fac
 block trained (``freeze 0`` instead of 4: the stride-8 features that small faces rely on
 can adapt). Unmasked (``--variants unmasked``): mosaic, and every image holding an unmasked
 face drawn twice per epoch (``unmasked_repeat``). Ref576 (``--variants ref576``): mosaic, with the
-training scales drawn around 576 px (``size``), the inference size, instead of 480. All variants train with the same
+training scales drawn around 576 px (``size``) instead of 480, for a detector run at 576
+(``--infer-size 576``). All variants train with the same
 settings and seeds on the training split of face-mask-detection; they are compared only on
 data that chooses things (validation images of the training split, at the score threshold
 each checkpoint gets for precision >= 0.90) and on the close-up photo sets, never on the
@@ -20,7 +21,7 @@ test split.
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_photos.py [--seeds 0 1] [--epochs 30]
         [--variants boxes photos mosaic unannotated unfrozen unmasked ref576] [--photos-limit 1500] [--out runs/bench/detect_photos]
-        [--threads 2] [--infer-size 576]
+        [--threads 2] [--infer-size 480]
 
 Checkpoints already in --out are reused (delete them to retrain); each is about 10 minutes
 with 2 threads on an idle 2-core CPU.
@@ -59,8 +60,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/detect_photos"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["boxes", "photos"], choices=list(VARIANTS))
-    ap.add_argument("--infer-size", type=int, default=576,
-                    help="letterbox side every checkpoint is thresholded and run at (480 before 2026-12-01 session 4)")
+    ap.add_argument("--infer-size", type=int, default=480,
+                    help="letterbox side every checkpoint is trained for, thresholded and run at (the default detector's: 480)")
     args = ap.parse_args()
     missing = missing_data("face-mask-detection", *(["lfw-train"] if "photos" in args.variants else []))
     if missing:
@@ -84,7 +85,7 @@ def main() -> int:
                                      unannotated=options.get("unannotated", 0.0),
                                      freeze=options.get("freeze", SSDTrainConfig.freeze),
                                      unmasked_repeat=options.get("unmasked_repeat", 1),
-                                     size=options.get("size", SSDTrainConfig.size),
+                                     size=options.get("size", SSDTrainConfig.size), infer_size=args.infer_size,
                                      unannotated_cache=str(args.out / "unannotated.csv"),
                                      landmarks=str(args.out / "landmarks.csv"),
                                      teacher_cache=str(args.out / "teacher.csv"))  # fmt: skip

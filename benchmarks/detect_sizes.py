@@ -6,9 +6,9 @@ input shows small faces at more pixels, for more compute. For each checkpoint (b
 two mosaic seeds of ``benchmarks/detect_photos.py --variants mosaic``) and each size, the
 score threshold is chosen again on the validation images for precision >= 0.90, then the
 ONNX Runtime backend runs at that size and threshold over the validation images (recall per
-class and size, precision, images/s with ``--threads``, one image per call as `facelab
-detect-eval` does) and over close-up photo samples (found / extra faces). The test split is
-never opened.
+class and size, precision, images/s with ``--threads``, one image per call; `facelab
+detect-eval` passes 8) and over close-up photo samples (found / extra faces). The test split
+is never opened.
 
 Usage:
     OMP_NUM_THREADS=2 python benchmarks/detect_sizes.py [--sizes 480 544 576 608 640]

@@ -125,7 +125,15 @@ def main() -> None:
     lfw = lfw[lfw["fold"].isin([1, 2, 3])].reset_index(drop=True)
     rmfd = load_pairs(rmfd_root / "pairs.csv")
     cache = cache_root() / "embed_masks"
-    tag = "" if args.detector == "mtcnn" else "_" + "".join(c if c.isalnum() else "-" for c in args.detector)
+    tag = ""
+    if args.detector != "mtcnn":  # keyed on the detector's settings and weights, not only its name
+        import hashlib
+        import json
+
+        from facelab.detect.cascade import detector_from_spec
+
+        conf = json.dumps(detector_from_spec(args.detector).config(), sort_keys=True, default=str)
+        tag = "_" + hashlib.sha1(conf.encode()).hexdigest()[:12]
     lfw_paths = sorted(set(lfw.image_a) | set(lfw.image_b))
     lfw_chips, lfw_lm = detect_chips(lfw_paths, lfw_root, cache / f"lfw_chips{tag}.npz", args.detector)
     ids = __import__("pandas").read_csv(rmfd_root / "identities.csv")

@@ -12,13 +12,16 @@ def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_new_file_gets_the_usual_mode_not_the_temp_files_owner_only_mode(tmp_path):
-    mask = os.umask(0o022)
-    os.umask(mask)
-    with atomic_path(tmp_path / "model.pt") as tmp:
-        tmp.write_bytes(b"weights")
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_new_file_gets_the_usual_mode_not_the_temp_files_owner_only_mode(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        with atomic_path(tmp_path / "model.pt") as tmp:
+            tmp.write_bytes(b"weights")
+    finally:
+        os.umask(old)
     assert (tmp_path / "model.pt").read_bytes() == b"weights"
-    assert _mode(tmp_path / "model.pt") == 0o666 & ~mask != 0o600
+    assert _mode(tmp_path / "model.pt") == 0o666 & ~mask  # 0o644 / 0o640, not 0o600
 
 
 def test_replacing_a_file_keeps_its_mode(tmp_path):

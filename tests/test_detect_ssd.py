@@ -196,13 +196,17 @@ def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypat
     # image gets exactly the faces it gets alone, in input order
     mixed = [images[0], np.ascontiguousarray(images[1].transpose(1, 0, 2)), images[2],
              np.ascontiguousarray(images[0].transpose(1, 0, 2))]  # fmt: skip
+    low = get_detector("ssd-mbv2", weights=str(tmp_path / "d.pt"), score_thresh=0.002).prepare()
     canvases = []
-    forward = a._forward
-    a._forward = lambda canvas: canvases.append(canvas.shape) or forward(canvas)
-    together = a.detect_batch(mixed)
+    forward = low._forward
+    low._forward = lambda canvas: canvases.append(canvas.shape) or forward(canvas)
+    together = low.detect_batch(mixed)
     assert len({c[1:3] for c in canvases}) == len(canvases) == 4  # 2 shapes x (fine, coarse)
-    alone = [a.detect_batch([im])[0] for im in mixed]
-    assert [[f.box for f in x] for x in together] == [[f.box for f in x] for x in alone]
+    assert all(together)  # faces to compare (a 1-epoch model, a low threshold)
+    alone = [low.detect_batch([im])[0] for im in mixed]
+    for x, y in zip(together, alone):  # batched convolutions differ from single ones by float noise
+        assert len(x) == len(y)
+        np.testing.assert_allclose(sorted(f.box for f in x), sorted(f.box for f in y), atol=1e-3)
     # usable in cascade specs like any backend
     union = detector_from_spec(f"ssd-mbv2(weights={tmp_path / 'd.pt'})|haar")
     assert isinstance(union.detect(images[0]), list)
@@ -302,6 +306,8 @@ def test_train_with_photos_never_reads_test_images(tmp_path, monkeypatch):
                                        precision_target=0.5))  # fmt: skip
     assert again["size"] == 128 and again["photo_faces"] == 5  # the rest of the meta is kept
     assert get_detector("ssd-mbv2", weights=str(tmp_path / "d.pt")).prepare().cfg.size == 128
+    kept = rethreshold(SSDTrainConfig(boxes=str(tmp_path), out=str(tmp_path / "d.pt"), precision_target=0.5))
+    assert kept["size"] == 128  # no infer_size: the checkpoint keeps its own size
     assert not {n for n, s in side.items() if s == "test"} & set(meta["train_image_names"])
 
     from facelab.detect.paste import list_photos, teacher_labels
@@ -335,7 +341,7 @@ def test_unmasked_repeat_draws_an_image_that_many_times_per_epoch():
     flags = np.zeros(1, bool)
     dark = (np.full((96, 96, 3), 10, np.uint8), box, none, flags)
     light = (np.full((96, 96, 3), 240, np.uint8), box, none, flags)
-    cfg = SSDTrainConfig(size=96, crop=64, scale_min=1.0, scale_max=1.0)
+    cfg = SSDTrainConfig(size=96, crop=64, scale_min=1.0, scale_max=1.0, mosaic=0.0)
     data = _Crops([dark, light], cfg, repeats=[1, 3])
     assert len(data) == 4 and len(_Crops([dark, light], cfg)) == 2
     means = [float(data[i][0].float().mean()) for i in range(len(data))]

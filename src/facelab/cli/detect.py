@@ -233,7 +233,7 @@ def detect_train_cmd(
     min_face_size: float = typer.Option(10.0, help="mtcnn-mask: smallest face searched for (px)."),
     precision_target: float = typer.Option(0.9, help="Validation precision the threshold aims at."),
     size: int = typer.Option(480, help="ssd-mbv2: reference letterbox side for the training scales (px)."),
-    infer_size: int = typer.Option(576, help="ssd-mbv2: letterbox side the detector runs at, saved in the checkpoint (px; 0 = --size)."),
+    infer_size: int = typer.Option(0, help="ssd-mbv2: letterbox side the detector runs at, saved in the checkpoint (px; 0 = --size, or with --threshold-only the checkpoint's own size)."),
     crop: int = typer.Option(224, help="ssd-mbv2: training crop side, px (0 = --size)."),
     freeze: int = typer.Option(4, help="ssd-mbv2: MobileNetV2 blocks kept frozen."),
     epochs: int = typer.Option(30, help="ssd-mbv2: passes over the training images."),
@@ -263,7 +263,7 @@ def detect_train_cmd(
     ),
     threshold_only: bool = typer.Option(
         False, help="ssd-mbv2: no training; choose the score threshold of the --out checkpoint "
-        "again on the validation images (at --infer-size) and write it and that size into the checkpoint."
+        "again on the validation images (at the checkpoint's size, or --infer-size) and write it (and that size) into the checkpoint."
     ),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0),

@@ -48,9 +48,10 @@ class SSDTrainConfig:
         out: checkpoint to write.
         size: reference letterbox side, pixels: training scales are relative to it.
         infer_size: the letterbox side the detector runs at (saved as the checkpoint's
-            ``size``; the score threshold is chosen at it); 0 = ``size``. 576 was chosen on
-            validation images over two seeds: the 400 px crowd photos' small faces get more
-            pixels than at the 480 px training scale (docs/detection.md, "Input size").
+            ``size``; the score threshold is chosen at it); 0 = ``size``. For
+            :func:`rethreshold`, 0 keeps the checkpoint's own size. 576 finds more small
+            faces on the 400 px crowd photos than 480, at lower precision and speed; measured
+            and not made the default (docs/detection.md, "Input size").
         crop: training crop side (0 = ``size``); smaller crops train faster at the same scale.
         freeze: MobileNetV2 feature blocks kept frozen (ImageNet weights, BN statistics).
         epochs: passes over the training images.
@@ -88,12 +89,13 @@ class SSDTrainConfig:
         unmasked_repeat: each training image holding an unmasked (``without_mask``) face is
             drawn this many times per epoch (1 = once, like every other image): unmasked
             faces are 18 % of the training faces and the ones the detector misses most.
+            In a mosaic crop only the first tile follows the repeat.
     """
 
     boxes: str = ""
     out: str = f"runs/detect/{ARCH}.pt"
     size: int = 480
-    infer_size: int = 576
+    infer_size: int = 0
     crop: int = 224
     freeze: int = 4
     epochs: int = 30
@@ -473,8 +475,9 @@ def choose_score_threshold(weights: str | Path, val_df, target: float, coarse: i
 
 
 def rethreshold(cfg: SSDTrainConfig) -> dict:
-    """Choose ``cfg.out``'s score threshold again on the validation images (no training) and
-    write it into the checkpoint's meta; returns the meta."""
+    """Choose ``cfg.out``'s score threshold again on the validation images (no training), at
+    ``cfg.infer_size`` or else the checkpoint's own size, and write both into the
+    checkpoint's meta; returns the meta."""
     from facelab.detect.ssd import load_checkpoint
 
     out = Path(cfg.out)
@@ -483,7 +486,7 @@ def rethreshold(cfg: SSDTrainConfig) -> dict:
     if meta.get("test_fraction", cfg.test_fraction) != cfg.test_fraction:
         raise DataFormatError(f"{out} was trained with test_fraction {meta['test_fraction']}")
     _, val = training_split(read_boxes(cfg.boxes), cfg)
-    meta.update(choose_score_threshold(out, val, cfg.precision_target, size=cfg.infer_size or cfg.size))
+    meta.update(choose_score_threshold(out, val, cfg.precision_target, size=cfg.infer_size or int(meta["size"])))
     _save_state(ckpt["state"], meta, out)
     return meta
 

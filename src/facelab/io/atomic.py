@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-@functools.cache
 def _umask() -> int:
     """The process umask, read without changing it where /proc allows (os.umask can only
     be read by setting it, which races with other threads creating files)."""
@@ -20,6 +19,11 @@ def _umask() -> int:
                 return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
+    return _umask_by_setting()
+
+
+@functools.cache
+def _umask_by_setting() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -45,10 +49,13 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         try:
-            mode = target.stat().st_mode & 0o7777
+            mode = target.stat().st_mode & 0o777
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
-        tmp.chmod(mode)
+        try:
+            tmp.chmod(mode)
+        except OSError:  # a file system without modes: the write matters more
+            pass
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
