@@ -347,3 +347,22 @@ def test_unmasked_repeat_draws_an_image_that_many_times_per_epoch():
     means = [float(data[i][0].float().mean()) for i in range(len(data))]
     assert means[0] < 60 and min(means[1:]) > 60  # the light image, three times (colour jitter moves means)
     assert len({round(m, 3) for m in means[1:]}) > 1  # each copy augmented afresh
+
+
+def test_sizes_that_could_only_fail_late_are_refused_up_front(tmp_path):
+    from facelab.detect.ssd_train import check_sizes
+
+    for bad in ({"infer_size": -5}, {"infer_size": 8}, {"size": 0}, {"unmasked_repeat": 0}):
+        with pytest.raises(ConfigError):
+            check_sizes(SSDTrainConfig(**bad))
+    check_sizes(SSDTrainConfig(infer_size=0))  # 0 = the training size
+    # train_ssd refuses before reading any data (the boxes CSV does not exist)
+    with pytest.raises(ConfigError, match="infer_size"):
+        train_ssd(SSDTrainConfig(boxes=str(tmp_path / "none.csv"), infer_size=-5), progress=None)
+
+
+@pytest.mark.skipif(not repo_weights().is_file(), reason="no committed src/facelab/weights/ssd-mbv2.pt")
+@pytest.mark.parametrize("options", [{"size": 0}, {"coarse": 5}])
+def test_a_detector_size_that_is_no_letterbox_is_refused(options):
+    with pytest.raises(ConfigError, match="at least 32"):
+        get_detector("ssd-mbv2", **options).prepare()

@@ -344,6 +344,9 @@ class _SSDBase(Detector):
             self.cfg.score_thresh = float(meta["score_thresh"])
         if self.cfg.coarse is None:
             self.cfg.coarse = int(meta.get("coarse", 160))
+        if int(self.cfg.size) < 32 or int(self.cfg.coarse) < 0 or 0 < int(self.cfg.coarse) < 32:
+            raise ConfigError(f"{self.name}: size={self.cfg.size}, coarse={self.cfg.coarse}: letterbox "
+                              "sides are pixels, at least 32 (coarse 0 = no close-up pass)")
 
     def _forward(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError

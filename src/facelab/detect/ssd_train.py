@@ -185,6 +185,16 @@ def distill_landmarks(df, cache: Path, progress=None) -> tuple[np.ndarray, np.nd
     return merged[cols[:10]].to_numpy(float).reshape(-1, 5, 2), merged[cols[10:]].to_numpy(float)
 
 
+def check_sizes(cfg: SSDTrainConfig) -> None:
+    """ConfigError for sizes and counts that would only fail, or save a broken checkpoint,
+    after a long run."""
+    if cfg.size < 32 or cfg.infer_size < 0 or 0 < cfg.infer_size < 32:
+        raise ConfigError(f"size={cfg.size}, infer_size={cfg.infer_size}: letterbox sides are pixels, "
+                          "at least 32 (infer_size 0 = the training size)")
+    if cfg.unmasked_repeat < 1:
+        raise ConfigError(f"unmasked_repeat={cfg.unmasked_repeat}: draw each image at least once (1 = no repeat)")
+
+
 def check_unannotated(score: float) -> None:
     """ConfigError unless ``score`` is an MTCNN score the unannotated-faces cache can answer
     (it keeps MTCNN's faces from 0.5 up)."""
@@ -480,6 +490,8 @@ def rethreshold(cfg: SSDTrainConfig) -> dict:
     checkpoint's meta; returns the meta."""
     from facelab.detect.ssd import load_checkpoint
 
+    if cfg.infer_size:
+        check_sizes(cfg)
     out = Path(cfg.out)
     ckpt = load_checkpoint(out)
     meta = dict(ckpt["meta"])
@@ -537,7 +549,8 @@ def train_ssd(cfg: SSDTrainConfig, progress=None) -> dict:
     from facelab.detect.ssd import build_model
     from facelab.io import load_image
 
-    if cfg.unannotated:  # before the long passes
+    check_sizes(cfg)  # before the long passes
+    if cfg.unannotated:
         check_unannotated(cfg.unannotated)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
