@@ -101,20 +101,26 @@ def main() -> int:
                 row[f"{set_name} extra"] = r["extra"]
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print_tables(rows, "variant", ("seed", "threshold"), "seeds " + " ".join(map(str, args.seeds)))
+    return 0
+
+
+def print_tables(rows: list[dict], group: str, hide: tuple[str, ...], over: str) -> None:
+    """Markdown table of every row, then mean +- sd of the numeric columns per ``group``
+    (also used by detect_sizes.py)."""
     import pandas as pd
 
     table = pd.DataFrame(rows)
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in table.itertuples(index=False)]
-    print("\nper seed:\n| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+    print("\nper run:\n| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
     print("\n".join("| " + " | ".join(c) + " |" for c in cells))
-    cols = [c for c in table.columns if c not in ("variant", "seed", "threshold")]
-    summary = table.groupby("variant", sort=False)[cols].agg(["mean", "std"])
-    print("\nmean and sd over seeds " + " ".join(map(str, args.seeds)) + ":")
-    for variant, r in summary.iterrows():
-        print(f"{variant:<20}  " + "  ".join(
+    cols = [c for c in table.columns if c not in (group, *hide) and pd.api.types.is_numeric_dtype(table[c])]
+    summary = table.groupby(group, sort=False)[cols].agg(["mean", "std"])
+    print(f"\nmean and sd over {over}:")
+    for key, r in summary.iterrows():
+        print(f"{key!s:<20}  " + "  ".join(
             f"{c} {r[(c, 'mean')]:.3f}" + ("" if np.isnan(r[(c, 'std')]) else f" +- {r[(c, 'std')]:.3f}")
             for c in cols))  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT_WEIGHTS = [Path("runs/bench/detect_photos/mosaic-s0.pt"), Path("runs/bench/detect_photos/mosaic-s1.pt")]
 
 
@@ -78,19 +76,9 @@ def main() -> int:
                 row[f"{name} found"], row[f"{name} extra"] = r["found"], r["extra"]
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    import pandas as pd
+    from detect_photos import print_tables  # same folder: the run-table printer
 
-    table = pd.DataFrame(rows)
-    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in table.itertuples(index=False)]
-    print("\n| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-    print("\n".join("| " + " | ".join(c) + " |" for c in cells))
-    cols = [c for c in table.columns if c not in ("weights", "size", "threshold")]
-    summary = table.groupby("size", sort=False)[cols].agg(["mean", "std"])
-    print(f"\nmean (sd) over {len(args.weights)} checkpoints:")
-    for size, r in summary.iterrows():
-        print(f"size {size}: " + "  ".join(
-            f"{c} {r[(c, 'mean')]:.3f}" + ("" if np.isnan(r[(c, 'std')]) else f" ({r[(c, 'std')]:.3f})")
-            for c in cols))  # fmt: skip
+    print_tables(rows, "size", ("weights", "threshold"), f"{len(args.weights)} checkpoints")
     return 0
 
 
