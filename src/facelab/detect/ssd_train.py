@@ -379,8 +379,9 @@ def assign(anchors: np.ndarray, boxes: np.ndarray, marks: np.ndarray, ignore: np
 class _Crops:
     """torch Dataset of augmented crops with their anchor targets (made in the workers).
 
-    Items ``0..len(samples)-1`` are the boxes CSV's images (with pasted faces at
-    ``paste_prob``); the rest of an epoch are whole photos drawn afresh each epoch."""
+    Items ``0..len(index)-1`` are the boxes CSV's images, each ``repeats`` times (with
+    pasted faces at ``paste_prob``); the rest of an epoch are whole photos drawn afresh
+    each epoch."""
 
     def __init__(self, samples: list, cfg: SSDTrainConfig, photos: list = (), patches: list = (),
                  repeats: list[int] | None = None) -> None:
