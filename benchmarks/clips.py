@@ -41,7 +41,9 @@ these folds):
   `+mcrop` cuts the frames to the motion box first (the motion image then shows the body
   at a similar scale in every room; the trajectory is unchanged); `+mirror` averages the
   backbone sets' features with the mirror image's (`model.mirror`: a viewpoint lever, left
-  and right alike; flow and trajectory are mirror-free already).
+  and right alike; flow and trajectory are mirror-free already); `+tunec` chooses each set's
+  logistic-regression C from 0.01 / 0.1 / 1 / 10 by grouped CV on that fit's training clips
+  (`model.tune_C`, nested like frozen-auto), and the chosen C's are printed under the table.
 Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, cosine,
 6 epochs (2D) / 3 (i3d, 3D), batch 16, horizontal flip; seed 0.
 Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
@@ -100,7 +102,8 @@ FROZEN = {"frozen-mhi": "mhi", "frozen-traj": "trajectory", "frozen-mhi-traj": "
           "frozen-mhi-flow-traj": "mhi,flow,trajectory", "frozen-auto": "auto"}
 BASES = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-k8", "i3d-k8", "3d-r3d", *FROZEN)
 # a method is a base plus optional switches: +rot (rotation +-30 degrees), +mcrop (motion crop),
-# +mirror (frozen-*: backbone features averaged with the mirror image's)
+# +mirror (frozen-*: backbone features averaged with the mirror image's), +tunec (frozen-*:
+# each set's C chosen by grouped CV on the training clips, model.tune_C)
 METHODS = ("baseline-mid", "baseline-mean8", "2d-1f", "2d-1f+rot", "2d-k8", "2d-k8+rot",
            "i3d-k8", "i3d-k8+rot", "3d-r3d", "3d-r3d+rot", *FROZEN)
 LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+mcrop")
@@ -108,10 +111,11 @@ LEVERS = ("baseline-mid+mcrop", "baseline-mean8+mcrop", "2d-k8+mcrop", "i3d-k8+m
 
 def parse_method(method: str) -> tuple[str, set[str]]:
     base, *flags = method.split("+")
-    if (base not in BASES or not set(flags) <= {"rot", "mcrop", "mirror"}
-            or (base in FROZEN and "rot" in flags) or (base not in FROZEN and "mirror" in flags)):
+    frozen_only = {"mirror", "tunec"}
+    if (base not in BASES or not set(flags) <= {"rot", "mcrop", *frozen_only}
+            or (base in FROZEN and "rot" in flags) or (base not in FROZEN and frozen_only & set(flags))):
         raise SystemExit(f"unknown method {method!r}: a base of {BASES} with +rot / +mcrop "
-                         "(frozen-* take +mcrop / +mirror only)")
+                         "(frozen-* take +mcrop / +mirror / +tunec only)")
     return base, set(flags)
 
 
@@ -151,9 +155,10 @@ class Features:
         self.frames_per_s = 9 * len(stacks) * len(self.sets) / (time.perf_counter() - t0)
 
 
-def frozen_cfg(sets: str, size: int, crop: str = "none", mirror: bool = False):
+def frozen_cfg(sets: str, size: int, crop: str = "none", mirror: bool = False, tune_c: bool = False):
     return load_clip_config(None, [f"data.size={size}", f"data.crop={crop}", "model.kind=frozen",
                                    f"model.features={sets}", f"model.mirror={str(mirror).lower()}",
+                                   f"model.tune_C={str(tune_c).lower()}",
                                    "model.C=1.0", "sampling.pool=16", "sampling.eval_frames=16",
                                    "seed=0", "threads=1"])
 
@@ -201,7 +206,7 @@ def run_frozen(method, frozen: dict, size, train, test, classes):
     base, flags = parse_method(method)
     crop = "motion" if "mcrop" in flags else "none"
     ff = frozen[(crop, "mirror" in flags)]
-    model = FrozenClipModel(frozen_cfg(FROZEN[base], size, crop, "mirror" in flags), classes)
+    model = FrozenClipModel(frozen_cfg(FROZEN[base], size, crop, "mirror" in flags, "tunec" in flags), classes)
     sets = list(model.sets)  # for frozen-auto: the candidates (the fit keeps a subset)
     tr = [ff.row[c] for c in train["clip"]]
     te = [ff.row[c] for c in test["clip"]]
@@ -211,8 +216,10 @@ def run_frozen(method, frozen: dict, size, train, test, classes):
     t0 = time.perf_counter()
     model.fit({s: ff.feats[s][tr] for s in sets}, y, train["group"].to_numpy())
     fit_s = time.perf_counter() - t0
-    if model.selection:
+    if model.cfg.model.auto_features:
         CHOSEN.append("+".join(model.sets))
+    if model.cfg.model.tune_C:  # the C each set's head was fitted with
+        CHOSEN.append(",".join(f"{s}:{model.heads_c[s]:g}" for s in model.sets))
     sets = list(model.sets)
     per_clip = sum(1 / ff.speed[s] for s in sets)
     return (model.proba({s: ff.feats[s][te] for s in sets}),

@@ -18,7 +18,7 @@ from facelab.clips.dataset import from_csv, from_folder, load_clips
 from facelab.clips.engine import _train_indices, fit, load_model, load_stacks, predict_clips
 from facelab.clips.folds import assign_folds, bootstrap, check_folds, present_macro_f1
 from facelab.clips.video import FrameCache, decode_clip, segment_indices
-from facelab.errors import ConfigError, ImageDecodeError, LeakageError
+from facelab.errors import ConfigError, DataFormatError, ImageDecodeError, LeakageError
 from facelab.paths import missing_data
 
 
@@ -509,3 +509,29 @@ def test_mirror_makes_backbone_features_mirror_invariant():
         plain, mirrored = feats[False][0][name], feats[False][1][name]
         assert not np.allclose(plain, mirrored, atol=1e-3)  # the backbone alone sees the side
         np.testing.assert_allclose(feats[True][0][name], feats[True][1][name], atol=1e-4)
+
+
+def test_tune_c_chooses_each_sets_c_by_grouped_cv_on_the_training_clips():
+    from facelab.clips.config import C_GRID
+    from facelab.clips.frozen import FrozenClipModel, choose_c
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 24)
+    groups = np.arange(48) % 8
+    # one informative column among 40 noisy ones: strong regularisation should win
+    x = np.c_[y + 0.3 * rng.normal(size=48), rng.normal(size=(48, 40))]
+    best, scores = choose_c(x, y, groups, 2)
+    assert set(scores) == set(C_GRID) and scores[best] == max(scores.values())
+    cfg = load_clip_config(None, ["model.kind=frozen", "model.features=trajectory,flow", "model.tune_C=true"])
+    m = FrozenClipModel(cfg, ["adl", "fall"])
+    m.fit({"trajectory": x, "flow": x[:, :5]}, y, groups)
+    assert set(m.heads_c) == {"trajectory", "flow"} and set(m.heads_c.values()) <= set(C_GRID)
+    assert len(m.selection) == 2 * len(C_GRID)  # every candidate's inner-CV score is kept
+    plain = FrozenClipModel(load_clip_config(None, ["model.kind=frozen", "model.features=trajectory"]),
+                            ["adl", "fall"])
+    plain.fit({"trajectory": x}, y, groups)
+    assert plain.heads_c == {"trajectory": 1.0} and not plain.selection
+    with pytest.raises(ConfigError, match="tune_C"):
+        load_clip_config(None, ["model.kind=2d", "model.tune_C=true"])
+    with pytest.raises(DataFormatError, match="2 groups"):
+        choose_c(x, y, np.zeros(48), 2)

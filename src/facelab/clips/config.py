@@ -19,6 +19,8 @@ IMAGE_SETS = ("appearance", "mhi")  # of those, the ones the backbone computes f
 # training clips; appearance is left out because within one data set the room it sees
 # helps, which is what does not carry over to other rooms
 AUTO_SETS = ("mhi", "flow", "trajectory")
+# model.tune_C picks each set's C among these by grouped CV on the training clips
+C_GRID = (0.01, 0.1, 1.0, 10.0)
 ARCHS_3D = ("r3d_18", "mc3_18", "r2plus1d_18")
 
 
@@ -71,6 +73,9 @@ class ClipModelConfig:
         mirror: frozen only: the backbone sets (appearance, mhi) average each image's
             features with its mirror image's, so a fall to the left and one to the right
             look alike (cameras see the same action from either side).
+        tune_C: frozen only: each set's C is chosen from C_GRID (0.01, 0.1, 1, 10) by
+            grouped CV macro F1 on the training clips (by `group`) at fit time, instead of
+            `C` for all (small training sets may want stronger regularisation).
     """
 
     kind: str = "2d"
@@ -83,6 +88,7 @@ class ClipModelConfig:
     features: str = "mhi,flow,trajectory"
     C: float = 1.0
     mirror: bool = False
+    tune_C: bool = False
 
     @property
     def auto_features(self) -> bool:
@@ -164,6 +170,8 @@ class ClipConfig:
                 raise ConfigError("a frozen model's backbone must be pretrained: imagenet (its "
                                   "features are what the heads learn on; random or file weights "
                                   "are not stored in model.pt)")
+        if self.model.tune_C and self.model.kind != "frozen":
+            raise ConfigError("model.tune_C is for frozen models (their logistic regressions' C)")
         if self.model.mirror and self.model.kind != "frozen":
             raise ConfigError("model.mirror is for frozen models; trained models see mirror "
                               "images through augment.hflip already")

@@ -89,7 +89,8 @@ class FrozenClipModel:
     def __init__(self, cfg: ClipConfig, classes: list[str], heads: dict[str, LinearHead] | None = None):
         self.cfg, self.classes, self.sets = cfg, list(classes), cfg.model.feature_sets()
         self.heads = heads or {}
-        self.selection: dict[str, float] = {}  # auto: inner-CV macro F1 per candidate fusion
+        self.selection: dict[str, float] = {}  # auto / tune_C: inner-CV macro F1 per candidate
+        self.heads_c: dict[str, float] = {}  # the C each head was fitted with
         self._backbone = None
 
     @property
@@ -189,7 +190,13 @@ class FrozenClipModel:
         grouped CV on these clips (`groups`: one label per clip; None = each clip its own)."""
         if self.cfg.model.auto_features:
             self.sets, self.selection = choose_sets(feats, y, groups, self.n_classes, self.cfg.model.C)
-        self.heads = {s: LinearHead.fit(feats[s], y, self.n_classes, self.cfg.model.C) for s in self.sets}
+        cs = {s: self.cfg.model.C for s in self.sets}
+        if self.cfg.model.tune_C:
+            for s in self.sets:
+                cs[s], scores = choose_c(feats[s], y, groups, self.n_classes)
+                self.selection.update({f"C[{s}]={c:g}": f for c, f in scores.items()})
+        self.heads = {s: LinearHead.fit(feats[s], y, self.n_classes, cs[s]) for s in self.sets}
+        self.heads_c = cs
 
     def proba(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         """Mean of the sets' probabilities (N, C); NaN rows stay NaN."""
@@ -228,6 +235,49 @@ class FrozenClipModel:
         if model.image_sets():
             model.backbone()  # now, so missing weights fail at load time, not on the first clip
         return model
+
+
+def _grouped_folds(y: np.ndarray, groups: np.ndarray | None, folds: int, what: str):
+    """(train, test) index pairs of stratified grouped k-fold CV on these clips, skipping
+    folds whose training part lacks a class; DataFormatError when none is left."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    k = min(folds, len(np.unique(groups)))
+    if k < 2:
+        raise DataFormatError(f"{what} needs clips of at least 2 groups to choose by CV")
+    # stratified: with few groups per class, plain group folds can leave a class out of training
+    pairs = [(tr, te) for tr, te in StratifiedGroupKFold(n_splits=k).split(np.zeros(len(y)), y, groups)
+             if len(np.unique(y[tr])) == len(np.unique(y))]
+    if not pairs:
+        raise DataFormatError(f"{what}: no CV fold's training clips cover every class")
+    return pairs
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_classes: int,
+             folds: int = 4) -> tuple[float, dict[float, float]]:
+    """The C of C_GRID with the best out-of-fold macro F1 in grouped k-fold CV on these clips
+    (ties: the stronger regularisation), and every candidate's score.
+
+    Example:
+        >>> rng = np.random.default_rng(0); y = np.repeat([0, 1], 20)
+        >>> x = y[:, None] + rng.normal(size=(40, 5))
+        >>> choose_c(x, y, np.arange(40) % 8, 2)[0] in (0.01, 0.1, 1.0, 10.0)
+        True
+    """
+    from facelab.clips.config import C_GRID
+    from facelab.clips.folds import present_macro_f1
+
+    pairs = _grouped_folds(y, groups, folds, "model.tune_C")
+    scored = np.concatenate([te for _, te in pairs])
+    scores = {}
+    for c in C_GRID:
+        pred = np.full(len(y), -1)
+        for tr, te in pairs:
+            pred[te] = LinearHead.fit(x[tr], y[tr], n_classes, c).proba(x[te]).argmax(1)
+        scores[c] = present_macro_f1(y[scored], pred[scored], n_classes)
+    best = max(C_GRID, key=lambda c: (scores[c], -c))
+    return best, scores
 
 
 def choose_sets(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None,
