@@ -49,6 +49,11 @@ Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, 
 Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
 use the same folds.
 
+Resumable: each fold's result of each method is kept in --cells (default
+runs/bench/clips_cells), named by the task, size, method, epochs and the exact clips, so
+the same command after an interruption only runs what is missing; a table that reads kept
+results says so (their speeds are from the run that made them).
+
 Intervals: 95% percentile bootstrap (1000 resamples) of the pooled out-of-fold predictions,
 resampling events (a GMDCSA24 clip, or a UP-Fall trial's two views together).
 Speeds: train clips/s (a clip = one step's sample), inference clips/s on decoded, cached
@@ -61,6 +66,8 @@ frames (model only), single thread; decoding is timed separately on the first, u
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -91,6 +98,7 @@ from facelab.clips.motion import (
     trajectory_features,
 )
 from facelab.clips.video import FrameCache, load_stacks
+from facelab.io.atomic import atomic_path
 from facelab.models.backbone import create_backbone
 from facelab.paths import missing_data
 
@@ -274,18 +282,31 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
                  "train clips/s | infer clips/s |")
     lines.append("|---|---|---|---|---|---|")
     chosen = {}
+    reused = 0
     for method in methods:
         CHOSEN.clear()
         probs = np.zeros((len(table), len(classes)))
         tr_speed, inf_speed = [], []
         for f in test_folds:
             tr, te = table[folds != f], table[folds == f]
-            if method.startswith("baseline"):
-                p, a, b = run_baseline(method, feats, tr, te, classes)
-            elif parse_method(method)[0] in FROZEN:
-                p, a, b = run_frozen(method, frozen, size, tr, te, classes)
+            cell = cell_path(args, name, size, method, tr, te)
+            if cell is not None and cell.exists():  # finished by an earlier run of this grid
+                p, a, b, note = read_cell(cell)
+                reused += 1
             else:
-                p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
+                before = len(CHOSEN)
+                if method.startswith("baseline"):
+                    p, a, b = run_baseline(method, feats, tr, te, classes)
+                elif parse_method(method)[0] in FROZEN:
+                    p, a, b = run_frozen(method, frozen, size, tr, te, classes)
+                else:
+                    p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
+                note = " / ".join(CHOSEN[before:])  # what this fold's fit chose, if anything
+                del CHOSEN[before:]
+                if cell is not None:
+                    write_cell(cell, p, a, b, note)
+            if note:
+                CHOSEN.append(note)
             probs[np.flatnonzero(folds == f)] = p
             tr_speed.append(a)
             inf_speed.append(b)
@@ -304,6 +325,32 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
     for method, sets in chosen.items():  # after the table, which a note line would break
         lines.append(f"\n{method} chose per fold (grouped CV on that fold's training clips): {sets}")
         print(lines[-1], flush=True)
+    if reused:
+        lines.append(f"\n({reused} fold result(s) of this table read from {args.cells}, written by an "
+                     "earlier run of the grid: their speeds are that run's)")
+        print(lines[-1], flush=True)
+
+
+def cell_path(args, name: str, size: int, method: str, train, test) -> Path | None:
+    """Where one fold's result of one method is kept (None with --cells ''): named by
+    everything that decides it (task, size, method, epochs, the exact train and test clips),
+    so a changed fold or setting is a new cell, never a stale one."""
+    if not args.cells:
+        return None
+    key = json.dumps([name, size, method, args.epochs, args.epochs3d,
+                      sorted(train["clip"]), sorted(test["clip"])])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return Path(args.cells) / f"{size}_{method}_{digest}.npz"
+
+
+def write_cell(path: Path, proba, train_speed: float, infer_speed: float, note: str) -> None:
+    with atomic_path(path, ".npz") as tmp:
+        np.savez(tmp, proba=proba, speeds=np.array([train_speed, infer_speed]), note=np.array(note))
+
+
+def read_cell(path: Path):
+    with np.load(path) as z:
+        return z["proba"], float(z["speeds"][0]), float(z["speeds"][1]), str(z["note"])
 
 
 def setup():
@@ -332,6 +379,10 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[],
                     help="PART:SIZE:METHOD combinations not run (printed as skipped), "
                          "e.g. binary:160:3d-r3d; '*' matches any")
+    ap.add_argument("--cells", default=str(ROOT / "runs" / "bench" / "clips_cells"),
+                    help="folder keeping each fold's result, so an interrupted grid resumes where "
+                         "it stopped when the same command runs again ('' keeps nothing; delete "
+                         "the folder after changing the code)")
     args = ap.parse_args()
     for m in args.methods + args.levers:
         parse_method(m)
