@@ -49,10 +49,12 @@ Fine-tuning: first 12 of 19 MobileNetV2 stages frozen (2D, i3d), AdamW lr 1e-3, 
 Folds are deterministic (assign_folds, seed 0): runs split by --sizes / --parts / --methods
 use the same folds.
 
-Resumable: each fold's result of each method is kept in --cells (default
-runs/bench/clips_cells), named by the task, size, method, epochs and the exact clips, so
-the same command after an interruption only runs what is missing; a table that reads kept
-results says so (their speeds are from the run that made them).
+Resumable with --cells DIR: each fold's result of each method is kept there, named by
+the task, size, method, epochs and the fold's clips, so the same command after an
+interruption fits only what is missing (frames and features are still prepared for each
+size); a table that reads kept results says so (their speeds are from the run that made
+them). The name does not cover the code: delete DIR after changing code or settings, and
+reproduce figures without --cells (the default keeps nothing).
 
 Intervals: 95% percentile bootstrap (1000 resamples) of the pooled out-of-fold predictions,
 resampling events (a GMDCSA24 clip, or a UP-Fall trial's two views together).
@@ -290,8 +292,9 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
         for f in test_folds:
             tr, te = table[folds != f], table[folds == f]
             cell = cell_path(args, name, size, method, tr, te)
-            if cell is not None and cell.exists():  # finished by an earlier run of this grid
-                p, a, b, note = read_cell(cell)
+            kept = read_cell(cell, list(te["clip"]), classes) if cell is not None else None
+            if kept is not None:  # finished by an earlier run of this grid
+                p, a, b, note = kept
                 reused += 1
             else:
                 before = len(CHOSEN)
@@ -301,10 +304,10 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
                     p, a, b = run_frozen(method, frozen, size, tr, te, classes)
                 else:
                     p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
-                note = " / ".join(CHOSEN[before:])  # what this fold's fit chose, if anything
+                note = "; ".join(CHOSEN[before:])  # what this fold's fit chose, if anything
                 del CHOSEN[before:]
                 if cell is not None:
-                    write_cell(cell, p, a, b, note)
+                    write_cell(cell, p, a, b, note, list(te["clip"]), classes)
             if note:
                 CHOSEN.append(note)
             probs[np.flatnonzero(folds == f)] = p
@@ -332,9 +335,10 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
 
 
 def cell_path(args, name: str, size: int, method: str, train, test) -> Path | None:
-    """Where one fold's result of one method is kept (None with --cells ''): named by
-    everything that decides it (task, size, method, epochs, the exact train and test clips),
-    so a changed fold or setting is a new cell, never a stale one."""
+    """Where one fold's result of one method is kept (None without --cells): named by the
+    task, size, method, epochs and the fold's train and test clips, so a changed fold is a
+    new cell. Not by the code or the settings fixed in it: after changing those, delete the
+    folder."""
     if not args.cells:
         return None
     key = json.dumps([name, size, method, args.epochs, args.epochs3d,
@@ -343,14 +347,25 @@ def cell_path(args, name: str, size: int, method: str, train, test) -> Path | No
     return Path(args.cells) / f"{size}_{method}_{digest}.npz"
 
 
-def write_cell(path: Path, proba, train_speed: float, infer_speed: float, note: str) -> None:
+def write_cell(path: Path, proba, train_speed: float, infer_speed: float, note: str,
+               clips: list[str], classes: list[str]) -> None:
+    """One fold's probabilities with the clips (rows) and classes (columns) they belong to."""
     with atomic_path(path, ".npz") as tmp:
-        np.savez(tmp, proba=proba, speeds=np.array([train_speed, infer_speed]), note=np.array(note))
+        np.savez(tmp, proba=proba, speeds=np.array([train_speed, infer_speed]), note=np.array(note),
+                 clips=np.array(clips), classes=np.array(classes))
 
 
-def read_cell(path: Path):
+def read_cell(path: Path, clips: list[str], classes: list[str]):
+    """(proba in the order of `clips`, train speed, infer speed, note), or None when there is
+    no such cell or it holds other clips or classes (then the fold is fitted again)."""
+    if not path.is_file():
+        return None
     with np.load(path) as z:
-        return z["proba"], float(z["speeds"][0]), float(z["speeds"][1]), str(z["note"])
+        if "clips" not in z or list(z["classes"]) != list(classes) or sorted(z["clips"]) != sorted(clips):
+            return None
+        row = {c: i for i, c in enumerate(z["clips"])}
+        proba = z["proba"][[row[c] for c in clips]]
+        return proba, float(z["speeds"][0]), float(z["speeds"][1]), str(z["note"])
 
 
 def setup():
@@ -379,10 +394,10 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[],
                     help="PART:SIZE:METHOD combinations not run (printed as skipped), "
                          "e.g. binary:160:3d-r3d; '*' matches any")
-    ap.add_argument("--cells", default=str(ROOT / "runs" / "bench" / "clips_cells"),
+    ap.add_argument("--cells", default="",
                     help="folder keeping each fold's result, so an interrupted grid resumes where "
-                         "it stopped when the same command runs again ('' keeps nothing; delete "
-                         "the folder after changing the code)")
+                         "it stopped when the same command runs again (default: keep nothing; "
+                         "delete the folder after changing the code), e.g. runs/bench/clips_cells")
     args = ap.parse_args()
     for m in args.methods + args.levers:
         parse_method(m)

@@ -513,19 +513,28 @@ def test_mirror_makes_backbone_features_mirror_invariant():
 
 def test_tune_c_chooses_each_sets_c_by_grouped_cv_on_the_training_clips():
     from facelab.clips.config import C_GRID
-    from facelab.clips.frozen import FrozenClipModel, choose_c
+    from facelab.clips.frozen import FrozenClipModel, LinearHead, choose_c
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 24)
     groups = np.arange(48) % 8
-    # one informative column among 40 noisy ones: strong regularisation should win
+    # one informative column among 40 noisy ones
     x = np.c_[y + 0.3 * rng.normal(size=48), rng.normal(size=(48, 40))]
     best, scores = choose_c(x, y, groups, 2)
     assert set(scores) == set(C_GRID) and scores[best] == max(scores.values())
+    assert scores[0.01] < scores[best]  # the grid's candidates really differ on these clips
+    assert choose_c(x, y, groups, 2) == (best, scores)  # deterministic
+    # a tie (every C separates the classes perfectly) goes to the strongest regularisation
+    separable = np.c_[10.0 * y, np.zeros(48)]
+    assert choose_c(separable, y, groups, 2) == (min(C_GRID), dict.fromkeys(C_GRID, 1.0))
+    assert choose_c(x[:, :5], y, None, 2)[0] in C_GRID  # no groups: each clip its own group
     cfg = load_clip_config(None, ["model.kind=frozen", "model.features=trajectory,flow", "model.tune_C=true"])
     m = FrozenClipModel(cfg, ["adl", "fall"])
     m.fit({"trajectory": x, "flow": x[:, :5]}, y, groups)
-    assert set(m.heads_c) == {"trajectory", "flow"} and set(m.heads_c.values()) <= set(C_GRID)
+    assert m.heads_c == {"trajectory": best, "flow": choose_c(x[:, :5], y, groups, 2)[0]}
+    for name, xs in (("trajectory", x), ("flow", x[:, :5])):  # each head is fitted with its chosen C
+        expected = LinearHead.fit(xs, y, 2, m.heads_c[name]).proba(xs)
+        np.testing.assert_allclose(m.heads[name].proba(xs), expected, atol=1e-9)
     assert len(m.selection) == 2 * len(C_GRID)  # every candidate's inner-CV score is kept
     plain = FrozenClipModel(load_clip_config(None, ["model.kind=frozen", "model.features=trajectory"]),
                             ["adl", "fall"])
@@ -535,3 +544,30 @@ def test_tune_c_chooses_each_sets_c_by_grouped_cv_on_the_training_clips():
         load_clip_config(None, ["model.kind=2d", "model.tune_C=true"])
     with pytest.raises(DataFormatError, match="2 groups"):
         choose_c(x, y, np.zeros(48), 2)
+
+
+def test_benchmark_cell_store_reads_back_by_clip_and_refuses_other_clips(tmp_path):
+    """benchmarks/clips.py --cells: a kept fold result is read back row by clip name (another
+    order of the same clips gives the same rows) and is a miss for other clips or classes."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location(
+        "clips_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "clips.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = SimpleNamespace(cells=str(tmp_path), epochs=6, epochs3d=3)
+    train = pd.DataFrame({"clip": ["t1", "t2"]})
+    test = pd.DataFrame({"clip": ["a", "b", "c"]})
+    assert bench.cell_path(SimpleNamespace(cells="", epochs=6, epochs3d=3), "x", 112, "m", train, test) is None
+    path = bench.cell_path(args, "x", 112, "m", train, test)
+    assert path != bench.cell_path(args, "x", 112, "m", train, test.iloc[:2])
+    assert path != bench.cell_path(args, "y", 112, "m", train, test)
+    assert bench.read_cell(path, ["a", "b", "c"], ["adl", "fall"]) is None  # nothing kept yet
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32)
+    bench.write_cell(path, proba, 10.0, 20.0, "mhi:1", ["a", "b", "c"], ["adl", "fall"])
+    p, tr_speed, inf_speed, note = bench.read_cell(path, ["c", "a", "b"], ["adl", "fall"])
+    np.testing.assert_array_equal(p, proba[[2, 0, 1]])
+    assert (tr_speed, inf_speed, note) == (10.0, 20.0, "mhi:1")
+    assert bench.read_cell(path, ["a", "b", "d"], ["adl", "fall"]) is None
+    assert bench.read_cell(path, ["a", "b", "c"], ["fall", "adl"]) is None

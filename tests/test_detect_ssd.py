@@ -204,9 +204,16 @@ def test_train_tiny_never_reads_test_images_and_onnx_matches(tmp_path, monkeypat
     assert len({c[1:3] for c in canvases}) == len(canvases) == 4  # 2 shapes x (fine, coarse)
     assert all(together)  # faces to compare (a 1-epoch model, a low threshold)
     alone = [low.detect_batch([im])[0] for im in mixed]
-    for x, y in zip(together, alone):  # batched convolutions differ from single ones by float noise
-        assert len(x) == len(y)
-        np.testing.assert_allclose(sorted(f.box for f in x), sorted(f.box for f in y), atol=1e-3)
+
+    def found_in(faces, others):  # every face here is also there, at the same place
+        return all(any(np.abs(np.subtract(f.box, g.box)).max() < 1e-2 for g in others) for f in faces)
+
+    # batched convolutions differ from single ones by float noise, which can move a face whose
+    # score sits at the threshold across it; a face at twice the threshold must be in both
+    assert any(f.score >= 0.004 for faces in together for f in faces)  # something to compare
+    for x, y in zip(together, alone):
+        assert found_in([f for f in x if f.score >= 0.004], y)
+        assert found_in([f for f in y if f.score >= 0.004], x)
     # usable in cascade specs like any backend
     union = detector_from_spec(f"ssd-mbv2(weights={tmp_path / 'd.pt'})|haar")
     assert isinstance(union.detect(images[0]), list)

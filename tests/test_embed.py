@@ -46,6 +46,16 @@ def test_pipeline_fallback_and_central_selection():
     assert pipe.run(img)[1].shape == (0, 128)
 
 
+def test_pipeline_takes_detector_specs():
+    """A spec string (options, a cascade, a union) names a detector as everywhere else."""
+    pipe = FacePipeline(PipelineConfig(detector="haar(min_size=40)"), get_embedder("pixels"))
+    assert pipe.detector.name == "haar(min_size=40)"
+    union = FacePipeline(PipelineConfig(detector="haar|haar(min_size=40)"), get_embedder("pixels"))
+    assert union.detector.name == "haar|haar(min_size=40)"
+    with pytest.raises(ConfigError):
+        _ = FacePipeline(PipelineConfig(detector="nope(x=1)"), get_embedder("pixels")).detector
+
+
 def test_mobilefacenet_size_and_heads():
     net = MobileFaceNet()
     n = count_parameters(net)

@@ -75,7 +75,9 @@ class ClipModelConfig:
             look alike (cameras see the same action from either side).
         tune_C: frozen only: each set's C is chosen from C_GRID (0.01, 0.1, 1, 10) by
             grouped CV macro F1 on the training clips (by `group`) at fit time, instead of
-            `C` for all (small training sets may want stronger regularisation).
+            `C` for all (small training sets may want stronger regularisation). Each set's C
+            is scored on that set's own head, not on the fused probabilities; with
+            `features: auto` the sets are chosen first, at `C`.
     """
 
     kind: str = "2d"

@@ -9,7 +9,8 @@ CPU and cannot memorise a room.
 - `trajectory`: the silhouette trajectory's 11 numbers (facelab.clips.motion.FEATURES);
 - `flow`: 8 optical-flow numbers of the moving pixels (facelab.clips.motion.FLOW_FEATURES),
   from the same 10 fps decode as the trajectory.
-One standardised logistic regression (C = `model.C`) is fitted per set; the model's
+One standardised logistic regression (C = `model.C`, or with `model.tune_C` each set's own
+C from C_GRID, chosen by grouped CV of that set's head alone) is fitted per set; the model's
 probabilities are the mean of the sets' probabilities (late fusion: no set can drown the
 others by its dimension). `model.features: auto` chooses the fusion at fit time: every
 non-empty subset of mhi / flow / trajectory is scored by grouped CV on the training clips

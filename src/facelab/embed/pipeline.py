@@ -54,11 +54,14 @@ def resolve_detector(name: str, **kwargs: Any) -> Any:
         return WholeImageDetector(kwargs.get("margin", 0.0))
     try:
         from facelab.detect import get_detector  # provided by the detection package
+        from facelab.detect.cascade import detector_from_spec
     except ImportError as exc:
         raise ConfigError(
             f"detector {name!r} needs facelab.detect.get_detector, which is not available "
             "in this install; use detector='whole' for images that are already face crops"
         ) from exc
+    if not kwargs and any(c in name for c in "(|>"):  # a spec: options, a cascade or a union
+        return detector_from_spec(name)
     return get_detector(name, **kwargs)
 
 

@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where /proc allows (os.umask can only
-    be read by setting it, which races with other threads creating files)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return _umask_by_setting()
-
-
-@functools.cache
-def _umask_by_setting() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_temp(target: Path, suffix: str) -> Path:
+    """A new empty file with a unique name beside ``target``, created with mode 0o666 so the
+    kernel applies the umask as for any new file (mkstemp's are owner-only, and reading the
+    umask needs /proc or a racy os.umask call)."""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 @contextmanager
@@ -43,18 +37,12 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp(target, suffix)
     try:
         yield tmp
-        try:
-            mode = target.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-        try:
-            tmp.chmod(mode)
-        except OSError:  # a file system without modes: the write matters more
+        try:  # a replaced file keeps its mode; a new one has the umask's, from _new_temp
+            tmp.chmod(target.stat().st_mode & 0o777)
+        except OSError:  # no file to replace, or a file system without modes
             pass
         tmp.replace(target)
     finally:
