@@ -61,7 +61,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["boxes", "photos"], choices=list(VARIANTS))
     ap.add_argument("--infer-size", type=int, default=480,
-                    help="letterbox side every checkpoint is trained for, thresholded and run at (the default detector's: 480)")
+                    help="letterbox side every checkpoint is thresholded and scored at (passed explicitly, so a "
+                         "checkpoint reused from an earlier run is scored at it too; the default detector's: 480)")
     args = ap.parse_args()
     missing = missing_data("face-mask-detection", *(["lfw-train"] if "photos" in args.variants else []))
     if missing:

@@ -536,6 +536,8 @@ def test_tune_c_chooses_each_sets_c_by_grouped_cv_on_the_training_clips():
         expected = LinearHead.fit(xs, y, 2, m.heads_c[name]).proba(xs)
         np.testing.assert_allclose(m.heads[name].proba(xs), expected, atol=1e-9)
     assert len(m.selection) == 2 * len(C_GRID)  # every candidate's inner-CV score is kept
+    back = FrozenClipModel.from_checkpoint(m.checkpoint(), cfg, "model.pt")  # saved with the model
+    assert back.heads_c == m.heads_c and back.selection == m.selection
     plain = FrozenClipModel(load_clip_config(None, ["model.kind=frozen", "model.features=trajectory"]),
                             ["adl", "fall"])
     plain.fit({"trajectory": x}, y, groups)

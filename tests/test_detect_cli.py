@@ -52,3 +52,10 @@ def test_user_errors_exit_2_with_message(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr
     r = _run("crop", str(tmp_path), "--out", str(tmp_path / "o"), "--spec", "nosuch>center")
     assert r.returncode == 2 and "unknown detector" in r.stderr
+
+
+def test_threshold_only_refuses_size_which_no_longer_sets_the_run_size(tmp_path):
+    r = _run("detect-train", "--arch", "ssd-mbv2", "--boxes", str(tmp_path), "--threshold-only",
+             "--size", "576")
+    assert r.returncode != 0
+    assert "--infer-size" in r.stderr + r.stdout and "Traceback" not in r.stderr

@@ -65,6 +65,8 @@ def train_cmd(
     if cfg.model.kind == "frozen":
         typer.echo(f"feature sets: {last.get('features', cfg.model.features)}"
                    + (" (chosen by grouped CV on the training clips)" if cfg.model.auto_features else ""))
+        if cfg.model.tune_C:
+            typer.echo(f"logistic-regression C per set (grouped CV on the training clips): {last.get('C')}")
     if res.skipped:
         typer.secho(f"{len(res.skipped)} clip(s) not decodable, listed in {out / 'skipped.csv'}",
                     fg=typer.colors.YELLOW, err=True)

@@ -286,6 +286,9 @@ def detect_train_cmd(
 
     if threshold_only and arch != "ssd-mbv2":
         raise ConfigError("--threshold-only works with --arch ssd-mbv2")
+    if threshold_only and size != 480:  # --size only shapes training; it once meant the run size
+        raise ConfigError("--threshold-only keeps the checkpoint's size; give the size to threshold "
+                          "at as --infer-size, not --size")
     if arch == "mtcnn-mask":
         from facelab.detect.mtcnn import default_mask_weights
         from facelab.detect.train import DetectTrainConfig, train_detector

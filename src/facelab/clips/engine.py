@@ -190,7 +190,8 @@ def _fit_frozen(cfg: ClipConfig, table: pd.DataFrame, out: Path, progress: bool,
     cfg.save(out / "config.yaml")
     train_acc = float((model.proba(feats).argmax(1) == y).mean())
     history = [{"epoch": 0, "train_acc": train_acc, "clips_per_s": len(table) / dt,
-                "features": ",".join(model.sets)}]
+                "features": ",".join(model.sets),
+                "C": ",".join(f"{s}:{model.heads_c[s]:g}" for s in model.sets)}]
     pd.DataFrame(history).to_csv(out / "log.csv", index=False)
     with atomic_path(out / "model.pt", ".pt") as tmp:
         torch.save({"format": FORMAT, **model.checkpoint()}, tmp)

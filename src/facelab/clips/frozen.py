@@ -219,6 +219,7 @@ class FrozenClipModel:
     def checkpoint(self) -> dict:
         return {"kind": self.kind, "classes": self.classes, "config": self.cfg.to_dict(),
                 "sets": list(self.sets), "selection": dict(self.selection),
+                "heads_c": dict(self.heads_c),
                 "heads": {s: h.state() for s, h in self.heads.items()}}
 
     @classmethod
@@ -229,7 +230,8 @@ class FrozenClipModel:
         model = cls(cfg, ck["classes"], {s: LinearHead.from_state(h) for s, h in heads.items()})
         if cfg.model.auto_features:  # the sets the fit chose
             model.sets = [str(s) for s in ck.get("sets", [])]
-            model.selection = dict(ck.get("selection", {}))
+        model.selection = dict(ck.get("selection", {}))  # auto / tune_C: inner-CV scores
+        model.heads_c = {str(s): float(c) for s, c in ck.get("heads_c", {}).items()}
         if set(model.heads) != set(model.sets):
             raise DataFormatError(f"{where}: heads {sorted(model.heads)} do not match "
                                   f"model.features {model.sets}")
