@@ -105,7 +105,6 @@ from facelab.models.backbone import create_backbone
 from facelab.paths import missing_data
 
 ROTATE = 30.0
-CHOSEN: list[str] = []  # frozen-auto: the fusion each fit chose, printed under its table
 FROZEN = {"frozen-mhi": "mhi", "frozen-traj": "trajectory", "frozen-mhi-traj": "mhi,trajectory",
           "frozen-app-mhi-traj": "appearance,mhi,trajectory", "frozen-flow": "flow",
           "frozen-flow-traj": "flow,trajectory", "frozen-mhi-flow": "mhi,flow",
@@ -226,14 +225,15 @@ def run_frozen(method, frozen: dict, size, train, test, classes):
     t0 = time.perf_counter()
     model.fit({s: ff.feats[s][tr] for s in sets}, y, train["group"].to_numpy())
     fit_s = time.perf_counter() - t0
+    chosen = []  # what the fit chose (frozen-auto: the fusion; +tunec: each set's C)
     if model.cfg.model.auto_features:
-        CHOSEN.append("+".join(model.sets))
-    if model.cfg.model.tune_C:  # the C each set's head was fitted with
-        CHOSEN.append(",".join(f"{s}:{model.heads_c[s]:g}" for s in model.sets))
+        chosen.append("+".join(model.sets))
+    if model.cfg.model.tune_C:
+        chosen.append(",".join(f"{s}:{model.heads_c[s]:g}" for s in model.sets))
     sets = list(model.sets)
     per_clip = sum(1 / ff.speed[s] for s in sets)
     return (model.proba({s: ff.feats[s][te] for s in sets}),
-            len(train) / (len(train) * per_clip + fit_s), 1 / per_clip)
+            len(train) / (len(train) * per_clip + fit_s), 1 / per_clip, "; ".join(chosen))
 
 
 def run_baseline(method, feats, train, test, classes):
@@ -286,7 +286,7 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
     chosen = {}
     reused = 0
     for method in methods:
-        CHOSEN.clear()
+        notes = []  # per fold, what its fit chose (frozen-auto, +tunec)
         probs = np.zeros((len(table), len(classes)))
         tr_speed, inf_speed = [], []
         for f in test_folds:
@@ -297,19 +297,17 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
                 p, a, b, note = kept
                 reused += 1
             else:
-                before = len(CHOSEN)
+                note = ""
                 if method.startswith("baseline"):
                     p, a, b = run_baseline(method, feats, tr, te, classes)
                 elif parse_method(method)[0] in FROZEN:
-                    p, a, b = run_frozen(method, frozen, size, tr, te, classes)
+                    p, a, b, note = run_frozen(method, frozen, size, tr, te, classes)
                 else:
                     p, a, b = run_finetune(method, args, size, tr, te, cache, classes)
-                note = "; ".join(CHOSEN[before:])  # what this fold's fit chose, if anything
-                del CHOSEN[before:]
                 if cell is not None:
                     write_cell(cell, p, a, b, note, list(te["clip"]), classes)
             if note:
-                CHOSEN.append(note)
+                notes.append(note)
             probs[np.flatnonzero(folds == f)] = p
             tr_speed.append(a)
             inf_speed.append(b)
@@ -323,8 +321,8 @@ def evaluate(name, table, folds, methods, args, size, feats, cache, lines, test_
                      f"{m['macro_f1']:.3f} [{fci[0]:.2f}, {fci[1]:.2f}] | {per_fold} | "
                      f"{_speed(np.mean(tr_speed))} | {_speed(np.mean(inf_speed))} |")
         print(lines[-1], flush=True)
-        if CHOSEN:
-            chosen[method] = " / ".join(CHOSEN)
+        if notes:
+            chosen[method] = " / ".join(notes)
     for method, sets in chosen.items():  # after the table, which a note line would break
         lines.append(f"\n{method} chose per fold (grouped CV on that fold's training clips): {sets}")
         print(lines[-1], flush=True)

@@ -198,8 +198,8 @@ def letterbox_batch(images: list[np.ndarray], size: int, multiple: int = 32):
 
     scales = [size / max(im.shape[:2]) for im in images]
     dims = [_scaled_dims(im.shape[:2], size) for im in images]
-    h = -(-max(d[0] for d in dims) // multiple) * multiple
-    w = -(-max(d[1] for d in dims) // multiple) * multiple
+    # the largest image's canvas (rounding up to `multiple` keeps the order of sides)
+    h, w = (max(side) for side in zip(*(_canvas_shape(im.shape[:2], size, multiple) for im in images)))
     canvas = np.full((len(images), h, w, 3), PAD_VALUE, np.uint8)
     for i, (im, (dh, dw), s) in enumerate(zip(images, dims, scales)):
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
@@ -390,7 +390,8 @@ def _scaled_dims(shape: tuple[int, int], size: int) -> tuple[int, int]:
 
 
 def _canvas_shape(shape: tuple[int, int], size: int, multiple: int = 32) -> tuple[int, int]:
-    """The (height, width) canvas :func:`letterbox_batch` gives one image of ``shape``."""
+    """The (height, width) canvas of one image of ``shape``: its scaled sides rounded up to
+    ``multiple`` (:func:`letterbox_batch` uses the largest of a batch's)."""
     return tuple(-(-d // multiple) * multiple for d in _scaled_dims(shape, size))
 
 
